@@ -1,0 +1,56 @@
+/* Task heads, task losses and task weighting (METHOD.md section 4): everything between the
+ * last transformer block of a task's pass and that task's loss, forward and backward.
+ *
+ * The backbone (model/model.c) hands the heads the tokens x[B, N, D] (N = 1 + patches, CLS
+ * first) that the last block produced in task t's pass, BEFORE any final norm: the heads own
+ * `norm.*` (dense tasks), `fc_norm.*` (classification tasks, shared), `task_heads.{t}.*` and the
+ * uncertainty-weighting parameters. Written once against the backend interface. */
+#ifndef MS_HEADS_H
+#define MS_HEADS_H
+
+#include <stdint.h>
+
+#include "../kernels/backend.h"
+#include "arena.h"
+#include "batch.h"
+#include "config.h"
+#include "params.h"
+
+typedef struct ms_heads ms_heads;
+
+typedef struct {
+    const ms_config *cfg;
+    ms_backend *be;
+    int B;    /* images per step on this rank */
+    int H, W; /* image size */
+    int N, D; /* tokens (with CLS) and width */
+    int T;    /* tasks, in cfg->data.tasks order */
+} ms_head_shape;
+
+/* Registers the heads' parameters in pt with official names (after the backbone's). */
+ms_heads *ms_heads_create(const ms_head_shape *s, ms_param_table *pt);
+void ms_heads_destroy(ms_heads *h);
+/* Takes every activation and target buffer from the arena; called in both arena passes. */
+void ms_heads_alloc(ms_heads *h, ms_arena *a);
+/* Official initialisation of the heads' tensors in the host copy of the parameter buffer. */
+void ms_heads_init(ms_heads *h, float *host_params, uint64_t seed);
+/* The device parameter and gradient buffers (pt->total floats each). */
+void ms_heads_bind(ms_heads *h, float *params, float *grads);
+/* Uploads the batch's targets to the device. */
+void ms_heads_set_targets(ms_heads *h, const ms_batch *b);
+/* Task t: prediction and loss (device scalar) from x[B, N, D]. training selects BatchNorm batch
+ * statistics (and updates the running ones); eval uses the running statistics. */
+void ms_heads_forward(ms_heads *h, int t, const ms_act *x, int training);
+/* After every task's forward: *total (device scalar) = the weighted sum of the task losses
+ * (uncertainty weighting or fixed weights) and dTotal/dLoss_t for the backward passes. */
+void ms_heads_weigh(ms_heads *h, float *total);
+/* Task t: dx[B, N, D] written (parameter gradients accumulated). */
+void ms_heads_backward(ms_heads *h, int t, const ms_act *x, ms_act *dx);
+/* Device prediction of task t: [B, C, H, W] for dense tasks, [B, C] for classification. */
+const ms_act *ms_heads_prediction(const ms_heads *h, int t);
+/* Device task losses [T] after the forwards (unweighted). */
+const float *ms_heads_losses(const ms_heads *h);
+/* Forward multiply-adds x 2 per image of task t's head (for `modsquad info`). */
+double ms_heads_flops(const ms_heads *h, int t);
+
+#endif
