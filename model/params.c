@@ -34,6 +34,12 @@ int ms_params_add(ms_param_table *pt, const char *name, int ndim, const int64_t 
     return pt->n++;
 }
 
+void ms_params_set_buffer(ms_param_table *pt, int i) {
+    MS_ASSERT(i >= 0 && i < pt->n);
+    pt->t[i].buffer = 1;
+    pt->t[i].decay = 0;
+}
+
 int ms_params_find(const ms_param_table *pt, const char *name) {
     for (int i = 0; i < pt->n; i++)
         if (strcmp(pt->t[i].name, name) == 0) return i;

@@ -18,6 +18,8 @@ typedef struct {
     size_t numel;
     size_t offset;            /* in floats from the start of the flat buffer, 16-float aligned */
     int decay;                /* AdamW weight decay applies */
+    int buffer;               /* not trained (BatchNorm running statistics): the optimizer skips
+                               * it, checkpoints keep it */
 } ms_tensor_info;
 
 typedef struct {
@@ -29,6 +31,8 @@ typedef struct {
 /* Appends a tensor; offsets are aligned to 16 floats (64 bytes) so every tensor starts on a
  * cache line. Returns its index. A duplicate name is an internal error. */
 int ms_params_add(ms_param_table *pt, const char *name, int ndim, const int64_t *shape, int decay);
+/* Marks tensor i as a buffer (saved, never trained). */
+void ms_params_set_buffer(ms_param_table *pt, int i);
 /* Index of the tensor called `name`, or -1. */
 int ms_params_find(const ms_param_table *pt, const char *name);
 /* Sum of numel over all tensors (without padding). */
