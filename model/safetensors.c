@@ -95,19 +95,30 @@ static uLong crc_update(uLong crc, const uint8_t *p, size_t left) {
     return crc;
 }
 
-static uint32_t crc_of_tensors(const ms_param_table *pt, const float *data) {
+static uint32_t crc_of_tensors(const ms_param_table *pt, const float *const *views) {
     uLong crc = crc32(0L, Z_NULL, 0);
     for (int i = 0; i < pt->n; i++)
-        crc = crc_update(crc, (const uint8_t *)(data + pt->t[i].offset), pt->t[i].numel * sizeof(float));
+        crc = crc_update(crc, (const uint8_t *)views[i], pt->t[i].numel * sizeof(float));
     return (uint32_t)crc;
 }
 
 int ms_safetensors_write(const char *path, const ms_param_table *pt, const float *data,
                          const ms_kv *meta, int n_meta, char *err, size_t cap) {
+    const float **views = malloc((size_t)(pt->n ? pt->n : 1) * sizeof *views);
+    if (!views) return fail(err, cap, "%s: out of memory", path);
+    for (int i = 0; i < pt->n; i++) views[i] = data + pt->t[i].offset;
+    int rc = ms_safetensors_write_views(path, pt, views, meta, n_meta, err, cap);
+    free(views);
+    return rc;
+}
+
+int ms_safetensors_write_views(const char *path, const ms_param_table *pt,
+                               const float *const *views, const ms_kv *meta, int n_meta,
+                               char *err, size_t cap) {
     /* Header: metadata first, then tensors in table order with contiguous data offsets. */
     sbuf h = {0};
     char crc[16];
-    snprintf(crc, sizeof crc, "%08x", crc_of_tensors(pt, data));
+    snprintf(crc, sizeof crc, "%08x", crc_of_tensors(pt, views));
     sb_put(&h, "{\"__metadata__\":{", 17);
     for (int i = 0; i < n_meta; i++) {
         sb_json_string(&h, meta[i].key);
@@ -151,7 +162,7 @@ int ms_safetensors_write(const char *path, const ms_param_table *pt, const float
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)h.n >> (8 * i));
     int ok = write_all(fd, len8, 8) == 0 && write_all(fd, h.s, h.n) == 0;
     for (int i = 0; ok && i < pt->n; i++)
-        ok = write_all(fd, data + pt->t[i].offset, pt->t[i].numel * sizeof(float)) == 0;
+        ok = write_all(fd, views[i], pt->t[i].numel * sizeof(float)) == 0;
     if (!ok || fsync(fd) != 0) {
         fail(err, cap, "cannot write %s: %s (the previous %s is untouched)", tmp, strerror(errno),
              path);

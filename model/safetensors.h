@@ -22,6 +22,12 @@ typedef struct {
 int ms_safetensors_write(const char *path, const ms_param_table *pt, const float *data,
                          const ms_kv *meta, int n_meta, char *err, size_t cap);
 
+/* The same with each tensor's data at its own host address (views[i] holds pt->t[i].numel
+ * floats), for tensors that do not live in one buffer (optimizer moments, extra state). */
+int ms_safetensors_write_views(const char *path, const ms_param_table *pt,
+                               const float *const *views, const ms_kv *meta, int n_meta,
+                               char *err, size_t cap);
+
 /* One tensor of a file that was read. */
 typedef struct {
     char name[MS_TENSOR_NAME_MAX];
