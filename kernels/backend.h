@@ -193,6 +193,35 @@ struct ms_backend {
      * (written). freq is a constant of the loss (counts are not differentiable). */
     void (*mi_loss)(ms_backend *be, float *loss, float *dA, const float *A, const float *freq,
                     int T, int E, int K, float eps, float weight);
+    /* Noisy gating (the official TaskMoE and M3ViT's NoisyGate): the router Linear has 2E
+     * outputs, logits2[M, 2E] = [clean | raw], and
+     *   y[M, E] = clean + noise * (softplus(raw) + 1e-2)
+     * with noise[M, E] ~ N(0, 1) drawn by the model; noise NULL gives y = clean (evaluation).
+     * softplus as torch.nn.Softplus (beta 1, linear above 20). */
+    void (*noisy_logits)(ms_backend *be, ms_act *y, const ms_act *logits2, const float *noise,
+                         int M, int E);
+    /* dlogits2[M, 2E] written: clean half = dy, raw half = dy * noise * sigmoid(raw) (0 with
+     * noise NULL). */
+    void (*noisy_logits_bwd)(ms_backend *be, ms_act *dlogits2, const ms_act *dy,
+                             const ms_act *logits2, const float *noise, int M, int E);
+    /* cv^2 balance loss of one task pass through one MoE layer (M3ViT):
+     *   importance[e] = sum of gate[m, j] over the pairs with idx[m, j] == e,
+     *   load[e] = the number of those pairs (a constant),
+     *   *loss = weight * (cv2(importance) + cv2(load)),
+     *   cv2(x) = var(x) / (mean(x)^2 + 1e-10), var unbiased (torch.var); 0 when E == 1.
+     * dimp[E] = dloss/dimportance (written). */
+    void (*balance_loss)(ms_backend *be, float *loss, float *dimp, const float *gate,
+                         const int32_t *idx, int M, int E, int K, float weight);
+    /* dgate[m, j] += dimp[idx[m, j]]: the balance loss's share of the gate gradient. */
+    void (*balance_loss_bwd)(ms_backend *be, float *dgate, const float *dimp, const int32_t *idx,
+                             int M, int K);
+    /* The task half of a router fed [token ; task embedding] (task_moe, shared router): it adds
+     * the same logits to every token, bias[E] = w[E, D] v[D]. fp32 parameters only. */
+    void (*router_task_bias)(ms_backend *be, float *bias, const float *w, const float *v, int E,
+                             int D);
+    /* dw[E, D] += dbias v^T; dv[D] += w^T dbias. */
+    void (*router_task_bias_bwd)(ms_backend *be, float *dw, float *dv, const float *dbias,
+                                 const float *w, const float *v, int E, int D);
 
     /* ---- task losses: *loss (device scalar) forward; backward writes dpred scaled by the
      * device scalar *dloss (dTotal/dLoss_t, e.g. the task weight). All are means over valid
@@ -231,6 +260,17 @@ struct ms_backend {
      * dL[T] = 0.5 / s_t^2 (written; the dloss of each task loss), ds[T] += dTotal/ds_t. */
     void (*uncertainty_weighting)(ms_backend *be, float *total, float *dL, float *ds,
                                   const float *L, const float *s, int T);
+    /* Fixed task weights: *total = sum_t w[t] * L[t] (summed in double). The dloss of task t
+     * is then w[t] itself, so no backward op is needed. */
+    void (*loss_weighted_sum)(ms_backend *be, float *total, const float *L, const float *w,
+                              int T);
+    /* Per-pixel L2 normalisation over the channels of x[B, C, P]: y = x / (|x| + eps), |x| the
+     * Euclidean norm over C (PASCAL normals loss: eps 1e-12, as MTL-PyTorch's NormalsLoss).
+     * bwd writes dx[B, C, P] from dy, recomputing the norms from x; at |x| = 0 it is dy / eps. */
+    void (*l2_normalize)(ms_backend *be, ms_act *y, const ms_act *x, int B, int C, int P,
+                         float eps);
+    void (*l2_normalize_bwd)(ms_backend *be, ms_act *dx, const ms_act *dy, const ms_act *x,
+                             int B, int C, int P, float eps);
 
     /* ---- convolution head ---------------------------------------------------------------- */
     /* Stride 1, zero padding k/2, k odd. x[B, Ci, H, W], w[Co, Ci, k, k], b[Co] (NULL: none),

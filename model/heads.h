@@ -42,7 +42,9 @@ void ms_heads_set_targets(ms_heads *h, const ms_batch *b);
  * statistics (and updates the running ones); eval uses the running statistics. */
 void ms_heads_forward(ms_heads *h, int t, const ms_act *x, int training);
 /* After every task's forward: *total (device scalar) = the weighted sum of the task losses
- * (uncertainty weighting or fixed weights) and dTotal/dLoss_t for the backward passes. */
+ * (uncertainty weighting or fixed weights) and dTotal/dLoss_t for the backward passes. Under
+ * uncertainty weighting it also ADDS dTotal/ds to the gradient of awl.params (call it once per
+ * micro-step; without bound gradients the value goes to scratch). */
 void ms_heads_weigh(ms_heads *h, float *total);
 /* Task t: dx[B, N, D] written (parameter gradients accumulated). */
 void ms_heads_backward(ms_heads *h, int t, const ms_act *x, ms_act *dx);
@@ -52,5 +54,13 @@ const ms_act *ms_heads_prediction(const ms_heads *h, int t);
 const float *ms_heads_losses(const ms_heads *h);
 /* Forward multiply-adds x 2 per image of task t's head (for `modsquad info`). */
 double ms_heads_flops(const ms_heads *h, int t);
+/* Parameter-table indices of the heads' tensors that are state, not trained: the conv head's
+ * BatchNorm running statistics (task_heads.{t}.bn_{i}.running_mean / running_var). They live in
+ * the parameter buffer so that checkpoints carry them, are registered with decay 0 and never get
+ * a gradient; a training forward updates them in place. The optimizer must skip them (AdamW
+ * with a zero gradient and no decay would leave them unchanged anyway), and with data
+ * parallelism they must be broadcast from rank 0 (each rank's batch updates its own copy).
+ * Returns how many; *idx points into h. */
+int ms_heads_buffers(const ms_heads *h, const int **idx);
 
 #endif

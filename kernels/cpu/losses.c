@@ -1,4 +1,5 @@
-/* Task losses and learned uncertainty weighting (METHOD.md section 4) on the CPU.
+/* Task losses, learned uncertainty and fixed task weighting, and the channel L2 normalisation
+ * of the PASCAL normals loss (METHOD.md section 4) on the CPU.
  *
  * Every loss is a mean over its valid elements; with none valid the loss and the gradient are
  * exactly 0. Per-element math and all sums are in double.
@@ -400,6 +401,83 @@ static void cpu_uncertainty_weighting(ms_backend *be, float *total, float *dL, f
     *total = (float)sum;
 }
 
+/* ---- fixed task weights --------------------------------------------------------------------- */
+
+static void cpu_loss_weighted_sum(ms_backend *be, float *total, const float *L, const float *w,
+                                  int T) {
+    (void)be;
+    double sum = 0;
+    for (int t = 0; t < T; t++) sum += (double)w[t] * L[t];
+    *total = (float)sum;
+}
+
+/* ---- L2 normalisation over channels (PASCAL normals) ---------------------------------------- */
+/* A work unit is PIX_BLOCK pixels of one image, as for the cosine loss. With n = |x| over C and
+ * y = x / (n + eps):  dx = dy / (n + eps) - x (x . dy) / (n (n + eps)^2); the second term
+ * vanishes at n = 0 (x = 0 there), which is PyTorch's value for the norm's gradient at 0. */
+
+/* Per-pixel |x| over C for pixels [p0, p0 + np) of image b. */
+static void channel_norms(const float *x, int64_t b, int64_t p0, int np, int C, int P,
+                          double *norm) {
+    for (int j = 0; j < np; j++) norm[j] = 0;
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (b * C + c) * P + p0;
+        for (int j = 0; j < np; j++) norm[j] += (double)xc[j] * xc[j];
+    }
+    for (int j = 0; j < np; j++) norm[j] = sqrt(norm[j]);
+}
+
+static void cpu_l2_normalize(ms_backend *be, ms_act *y_, const ms_act *x_, int B, int C, int P,
+                             float eps) {
+    (void)be;
+    const float *x = CF(x_);
+    float *y = F(y_);
+    int64_t nblk = ((int64_t)P + PIX_BLOCK - 1) / PIX_BLOCK;
+#pragma omp parallel for schedule(static) if ((int64_t)B * C * P >= CPU_PAR_MIN)
+    for (int64_t u = 0; u < (int64_t)B * nblk; u++) {
+        double inv[PIX_BLOCK]; /* 1 / (|x| + eps) */
+        int64_t b = u / nblk, p0 = (u % nblk) * PIX_BLOCK;
+        int np = P - p0 < PIX_BLOCK ? (int)(P - p0) : PIX_BLOCK;
+        channel_norms(x, b, p0, np, C, P, inv);
+        for (int j = 0; j < np; j++) inv[j] = 1.0 / (inv[j] + eps);
+        for (int c = 0; c < C; c++) {
+            const float *xc = x + (b * C + c) * P + p0;
+            float *yc = y + (b * C + c) * P + p0;
+            for (int j = 0; j < np; j++) yc[j] = (float)(xc[j] * inv[j]);
+        }
+    }
+}
+
+static void cpu_l2_normalize_bwd(ms_backend *be, ms_act *dx_, const ms_act *dy_, const ms_act *x_,
+                                 int B, int C, int P, float eps) {
+    (void)be;
+    const float *x = CF(x_), *dy = CF(dy_);
+    float *dx = F(dx_);
+    int64_t nblk = ((int64_t)P + PIX_BLOCK - 1) / PIX_BLOCK;
+#pragma omp parallel for schedule(static) if ((int64_t)B * C * P >= CPU_PAR_MIN)
+    for (int64_t u = 0; u < (int64_t)B * nblk; u++) {
+        double norm[PIX_BLOCK], dot[PIX_BLOCK], a[PIX_BLOCK], m[PIX_BLOCK]; /* dx = a dy - m x */
+        int64_t b = u / nblk, p0 = (u % nblk) * PIX_BLOCK;
+        int np = P - p0 < PIX_BLOCK ? (int)(P - p0) : PIX_BLOCK;
+        channel_norms(x, b, p0, np, C, P, norm);
+        for (int j = 0; j < np; j++) dot[j] = 0;
+        for (int c = 0; c < C; c++) {
+            const float *xc = x + (b * C + c) * P + p0, *gc = dy + (b * C + c) * P + p0;
+            for (int j = 0; j < np; j++) dot[j] += (double)xc[j] * gc[j];
+        }
+        for (int j = 0; j < np; j++) {
+            double ne = norm[j] + eps;
+            a[j] = 1.0 / ne;
+            m[j] = norm[j] > 0 ? dot[j] / (norm[j] * ne * ne) : 0.0;
+        }
+        for (int c = 0; c < C; c++) {
+            const float *xc = x + (b * C + c) * P + p0, *gc = dy + (b * C + c) * P + p0;
+            float *dc = dx + (b * C + c) * P + p0;
+            for (int j = 0; j < np; j++) dc[j] = (float)(a[j] * gc[j] - m[j] * xc[j]);
+        }
+    }
+}
+
 void cpu_register_losses(ms_backend *be) {
     be->loss_l1 = cpu_loss_l1;
     be->loss_l1_bwd = cpu_loss_l1_bwd;
@@ -412,4 +490,7 @@ void cpu_register_losses(ms_backend *be) {
     be->loss_bce_balanced = cpu_loss_bce_balanced;
     be->loss_bce_balanced_bwd = cpu_loss_bce_balanced_bwd;
     be->uncertainty_weighting = cpu_uncertainty_weighting;
+    be->loss_weighted_sum = cpu_loss_weighted_sum;
+    be->l2_normalize = cpu_l2_normalize;
+    be->l2_normalize_bwd = cpu_l2_normalize_bwd;
 }

@@ -595,3 +595,119 @@ Test(uncertainty, finite_differences) {
     tu_fd_grad(ref_uw, &cl, Ld, T, NULL, T, 1e-6, fd);
     tu_expect_grad("uncertainty dL", dL, fd, NULL, T, 1e-6);
 }
+
+/* ---- fixed task weights ---------------------------------------------------------------------- */
+
+Test(weighted_sum, known_values) {
+    ms_backend *be = tu_cpu();
+    float L[3] = {0.5f, 2.0f, 4.0f}, w[3] = {1.0f, 2.0f, 50.0f}, total = -1;
+    be->loss_weighted_sum(be, &total, L, w, 3);
+    cr_assert_float_eq(total, 204.5f, 1e-5, "weighted sum %g, want 0.5 + 4 + 200", (double)total);
+    be->loss_weighted_sum(be, &total, L, w, 1);
+    cr_assert_float_eq(total, 0.5f, 1e-7, "one task: %g, want 0.5", (double)total);
+}
+
+/* ---- L2 normalisation over channels ---------------------------------------------------------- */
+
+#define L2_EPS 1e-12f
+
+typedef struct {
+    int B, C, P;
+    const double *w; /* [B, C, P] weights of the objective sum(w .* y) */
+} l2_ctx;
+
+static void ref_l2(const l2_ctx *c, const double *x, double *y) {
+    for (int b = 0; b < c->B; b++)
+        for (int p = 0; p < c->P; p++) {
+            double n = 0;
+            for (int ch = 0; ch < c->C; ch++) {
+                double v = x[((size_t)b * c->C + ch) * c->P + p];
+                n += v * v;
+            }
+            n = sqrt(n);
+            for (int ch = 0; ch < c->C; ch++) {
+                size_t i = ((size_t)b * c->C + ch) * c->P + p;
+                y[i] = x[i] / (n + (double)L2_EPS);
+            }
+        }
+}
+
+static double l2_objective(void *ctx, const double *x) {
+    const l2_ctx *c = ctx;
+    size_t n = (size_t)c->B * c->C * c->P;
+    double *y = malloc(n * sizeof *y), s = 0;
+    ref_l2(c, x, y);
+    for (size_t i = 0; i < n; i++) s += c->w[i] * y[i];
+    free(y);
+    return s;
+}
+
+static void check_l2(int B, int C, int P, uint64_t seed) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(seed);
+    size_t n = (size_t)B * C * P;
+    float *x = tu_floats(n), *y = tu_floats(n), *dy = tu_floats(n), *dx = tu_floats(n);
+    tu_fill_normal(&r, x, n, 1.5);
+    tu_fill_normal(&r, dy, n, 1.0);
+    double *xd = tu_doubles(n), *wd = tu_doubles(n), *yd = tu_doubles(n);
+    tu_to_double(xd, x, n);
+    tu_to_double(wd, dy, n);
+    l2_ctx c = {B, C, P, wd};
+    ref_l2(&c, xd, yd);
+    char what[96];
+    snprintf(what, sizeof what, "l2_normalize B=%d C=%d P=%d: y", B, C, P);
+    fill_garbage(y, n);
+    be->l2_normalize(be, y, x, B, C, P, L2_EPS);
+    tu_expect_close(what, y, yd, n, FWD_TOL);
+    fill_garbage(dx, n);
+    be->l2_normalize_bwd(be, dx, dy, x, B, C, P, L2_EPS);
+    snprintf(what, sizeof what, "l2_normalize B=%d C=%d P=%d: dx", B, C, P);
+    double *fd = tu_doubles(FD_MAX);
+    size_t idx[FD_MAX];
+    size_t k = tu_sample_indices(&r, n, FD_MAX, idx);
+    tu_fd_grad(l2_objective, &c, xd, n, idx, k, 1e-6, fd);
+    tu_expect_grad(what, dx, fd, idx, k, GRAD_TOL);
+}
+
+Test(l2_normalize, random_shapes) {
+    static const int shapes[][3] = {{1, 1, 1}, {2, 3, 17}, {1, 3, 65}, {3, 2, 129}, {2, 3, 20000}};
+    for (int s = 0; s < 5; s++) check_l2(shapes[s][0], shapes[s][1], shapes[s][2], 1100 + s);
+}
+
+Test(l2_normalize, known_values_and_zero_vector) {
+    ms_backend *be = tu_cpu();
+    /* [1, 3, 2]: pixel 0 = (3, 0, 4) has norm 5; pixel 1 is the zero vector. */
+    float x[6] = {3, 0, 0, 0, 4, 0}, y[6], dy[6] = {1, 2, 3, 4, 5, 6}, dx[6];
+    be->l2_normalize(be, y, x, 1, 3, 2, L2_EPS);
+    float want[6] = {0.6f, 0, 0, 0, 0.8f, 0};
+    for (int i = 0; i < 6; i++)
+        cr_assert_float_eq(y[i], want[i], 1e-7, "y[%d] = %g, want %g", i, (double)y[i],
+                           (double)want[i]);
+    be->l2_normalize_bwd(be, dx, dy, x, 1, 3, 2, L2_EPS);
+    /* Pixel 0: (dy - y (y . dy)) / 5 with y . dy = 0.6 + 4 = 4.6; pixel 1: dy / eps. */
+    double g0[3] = {(1 - 0.6 * 4.6) / 5, 3.0 / 5, (5 - 0.8 * 4.6) / 5};
+    for (int c = 0; c < 3; c++) {
+        cr_assert_float_eq(dx[2 * c], (float)g0[c], 1e-6, "dx[%d, 0] = %g, want %g", c,
+                           (double)dx[2 * c], g0[c]);
+        double g1 = dy[2 * c + 1] / (double)L2_EPS;
+        cr_assert(fabs(dx[2 * c + 1] - g1) <= 1e-6 * g1, "dx[%d, 1] = %g, want dy / eps = %g", c,
+                  (double)dx[2 * c + 1], g1);
+    }
+}
+
+Test(l2_normalize, deterministic_across_thread_counts) {
+    ms_backend *be = tu_cpu();
+    enum { B = 2, C = 3, P = 30000, N = B * C * P };
+    float *x = tu_floats(N), *dy = tu_floats(N), *a = tu_floats(2 * N), *b = tu_floats(2 * N);
+    tu_rng r = tu_seed(1200);
+    tu_fill_normal(&r, x, N, 1.0);
+    tu_fill_normal(&r, dy, N, 1.0);
+    be->l2_normalize(be, a, x, B, C, P, L2_EPS);
+    be->l2_normalize_bwd(be, a + N, dy, x, B, C, P, L2_EPS);
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    be->l2_normalize(be, b, x, B, C, P, L2_EPS);
+    be->l2_normalize_bwd(be, b + N, dy, x, B, C, P, L2_EPS);
+    omp_set_num_threads(threads);
+    tu_expect_equal("l2_normalize forward and backward, 1 thread vs default", a, b, 2 * N);
+}
