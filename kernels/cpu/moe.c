@@ -373,6 +373,133 @@ static void cpu_mi_loss(ms_backend *be, float *loss, float *dA, const float *A,
     *loss = (float)(weight * L);
 }
 
+/* ---- noisy gating ------------------------------------------------------------------------ */
+
+/* torch.nn.Softplus with beta 1 and threshold 20: linear above the threshold. */
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+/* Its derivative as torch computes it: sigmoid below the threshold, 1 above. */
+static float softplus_grad(float x) { return x > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-x)); }
+
+#define NOISE_EPS 1e-2f /* the official noise_epsilon */
+
+static void cpu_noisy_logits(ms_backend *be, ms_act *y_, const ms_act *logits2,
+                             const float *noise, int M, int E) {
+    (void)be;
+    float *y = F(y_);              /* [M, E] */
+    const float *l2 = CF(logits2); /* [M, 2E]: clean | raw */
+    long work = (long)M * E * 8;
+#pragma omp parallel for schedule(static) if (work >= CPU_PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const float *clean = l2 + (size_t)m * 2 * E, *raw = clean + E;
+        float *yr = y + (size_t)m * E;
+        if (!noise) {
+            memcpy(yr, clean, (size_t)E * sizeof(float));
+            continue;
+        }
+        const float *nz = noise + (size_t)m * E;
+        for (int e = 0; e < E; e++) yr[e] = clean[e] + nz[e] * (softplus(raw[e]) + NOISE_EPS);
+    }
+}
+
+static void cpu_noisy_logits_bwd(ms_backend *be, ms_act *dlogits2, const ms_act *dy_,
+                                 const ms_act *logits2, const float *noise, int M, int E) {
+    (void)be;
+    float *dl2 = F(dlogits2);      /* [M, 2E] */
+    const float *dy = CF(dy_);     /* [M, E] */
+    const float *l2 = CF(logits2); /* [M, 2E] */
+    long work = (long)M * E * 8;
+#pragma omp parallel for schedule(static) if (work >= CPU_PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const float *dyr = dy + (size_t)m * E, *raw = l2 + (size_t)m * 2 * E + E;
+        float *dclean = dl2 + (size_t)m * 2 * E, *draw = dclean + E;
+        memcpy(dclean, dyr, (size_t)E * sizeof(float));
+        for (int e = 0; e < E; e++)
+            draw[e] = noise ? dyr[e] * noise[(size_t)m * E + e] * softplus_grad(raw[e]) : 0.0f;
+    }
+}
+
+/* ---- cv^2 balance loss ----------------------------------------------------------------------
+ *
+ * M3ViT (models/gate_funs/noisy_gate.py, NoisyGate.forward and cv_squared) adds, per gate call,
+ * cv_squared(importance) + cv_squared(load) with importance = gates.sum(0) and, in training with
+ * k < E, load = the smooth probability-in-top-k estimate (else the selection counts); the
+ * training loop scales the sum by the loss weight. Our op receives the gates and the selection
+ * of the shared routing op (softmax over all E, not renormalised over the top k) and uses the
+ * selection counts as the load in every mode: that term is a constant (it reports the imbalance
+ * but carries no gradient), and the importance term is the one that trains the router.
+ *
+ * With S = mean^2 + 1e-10 and var the unbiased variance,
+ *   d cv2 / d x_e = 2 (x_e - mean) / ((E - 1) S) - var * 2 mean / (E S^2). */
+
+#define CV_EPS 1e-10
+
+/* cv2(x[E]) and, when grad is not NULL, its gradient scaled by `scale` into grad[E]. */
+static double cv_squared(const double *x, int E, double scale, float *grad) {
+    if (E < 2) {
+        if (grad) grad[0] = 0.0f;
+        return 0.0;
+    }
+    double mean = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++) mean += x[e];
+    mean /= E;
+    for (int e = 0; e < E; e++) var += (x[e] - mean) * (x[e] - mean);
+    var /= E - 1;
+    double S = mean * mean + CV_EPS;
+    if (grad)
+        for (int e = 0; e < E; e++)
+            grad[e] = (float)(scale * (2.0 * (x[e] - mean) / ((E - 1) * S) -
+                                       var * 2.0 * mean / (E * S * S)));
+    return var / S;
+}
+
+/* Serial: O(M K + E) with M K at most a few hundred thousand, and the sums stay in one fixed
+ * order. */
+static void cpu_balance_loss(ms_backend *be, float *loss, float *dimp, const float *gate,
+                             const int32_t *idx, int M, int E, int K, float weight) {
+    (void)be;
+    double importance[E], load[E]; /* E is a model size (tens) */
+    for (int e = 0; e < E; e++) importance[e] = load[e] = 0.0;
+    for (long p = 0; p < (long)M * K; p++) {
+        MS_ASSERT(idx[p] >= 0 && idx[p] < E);
+        importance[idx[p]] += gate[p];
+        load[idx[p]] += 1.0;
+    }
+    double L = cv_squared(importance, E, weight, dimp) + cv_squared(load, E, 0.0, NULL);
+    *loss = (float)(weight * L);
+}
+
+static void cpu_balance_loss_bwd(ms_backend *be, float *dgate, const float *dimp,
+                                 const int32_t *idx, int M, int K) {
+    (void)be;
+    long n = (long)M * K;
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+    for (long p = 0; p < n; p++) dgate[p] += dimp[idx[p]];
+}
+
+/* ---- task-conditioned router ------------------------------------------------------------- */
+
+static void cpu_router_task_bias(ms_backend *be, float *bias, const float *w, const float *v,
+                                 int E, int D) {
+    (void)be;
+    for (int e = 0; e < E; e++) {
+        double acc = 0.0;
+        for (int d = 0; d < D; d++) acc += (double)w[(size_t)e * D + d] * v[d];
+        bias[e] = (float)acc;
+    }
+}
+
+static void cpu_router_task_bias_bwd(ms_backend *be, float *dw, float *dv, const float *dbias,
+                                     const float *w, const float *v, int E, int D) {
+    (void)be;
+    for (int e = 0; e < E; e++)
+        for (int d = 0; d < D; d++) dw[(size_t)e * D + d] += dbias[e] * v[d];
+    for (int d = 0; d < D; d++) {
+        double acc = 0.0;
+        for (int e = 0; e < E; e++) acc += (double)w[(size_t)e * D + d] * dbias[e];
+        dv[d] += (float)acc;
+    }
+}
+
 void cpu_register_moe(ms_backend *be) {
     be->route = cpu_route;
     be->route_bwd = cpu_route_bwd;
@@ -384,4 +511,10 @@ void cpu_register_moe(ms_backend *be) {
     be->expert_linear_bwd = cpu_expert_linear_bwd;
     be->mi_accumulate = cpu_mi_accumulate;
     be->mi_loss = cpu_mi_loss;
+    be->noisy_logits = cpu_noisy_logits;
+    be->noisy_logits_bwd = cpu_noisy_logits_bwd;
+    be->balance_loss = cpu_balance_loss;
+    be->balance_loss_bwd = cpu_balance_loss_bwd;
+    be->router_task_bias = cpu_router_task_bias;
+    be->router_task_bias_bwd = cpu_router_task_bias_bwd;
 }

@@ -792,3 +792,223 @@ Test(moe, threaded_ops_bit_identical) {
     cr_assert(memcmp(idx[0], idx[1], R * sizeof(int32_t)) == 0, "idx differs between runs");
     for (int i = 0; i < 11; i++) tu_expect_equal(names[i], out[1][i], out[0][i], sizes[i]);
 }
+
+/* ---- noisy gating --------------------------------------------------------------------------- */
+
+static double ref_softplus(double x) { return x > 20 ? x : log1p(exp(x)); }
+
+typedef struct {
+    int M, E;
+    const double *noise, *w; /* [M, E] each; noise may be NULL */
+} noisy_ctx;
+
+static void ref_noisy(double *y, const noisy_ctx *c, const double *l2) {
+    for (int m = 0; m < c->M; m++)
+        for (int e = 0; e < c->E; e++) {
+            const double *row = l2 + (size_t)m * 2 * c->E;
+            double n = c->noise ? c->noise[(size_t)m * c->E + e] : 0.0;
+            y[(size_t)m * c->E + e] = row[e] + n * (ref_softplus(row[c->E + e]) + 1e-2);
+        }
+}
+
+static double noisy_objective(void *vctx, const double *l2) {
+    noisy_ctx *c = vctx;
+    double y[4096], L = 0;
+    ref_noisy(y, c, l2);
+    for (int i = 0; i < c->M * c->E; i++) L += c->w[i] * y[i];
+    return L;
+}
+
+static void check_noisy(int M, int E, int use_noise, uint64_t seed) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(seed);
+    size_t ME = (size_t)M * E;
+    cr_assert(ME <= 2048);
+    float *l2 = tu_floats(2 * ME), *noise = tu_floats(ME), *y = tu_floats(ME);
+    float *dy = tu_floats(ME), *dl2 = tu_floats(2 * ME);
+    tu_fill_normal(&r, l2, 2 * ME, 2.0);
+    l2[E] = 25.0f; /* a raw value above softplus's linear threshold */
+    if (M > 1) l2[3 * E - 1] = -30.0f;
+    tu_fill_normal(&r, noise, ME, 1.0);
+    tu_fill(&r, dy, ME, -1, 1);
+    tu_fill_nan(y, ME);
+    tu_fill_nan(dl2, 2 * ME);
+    be->noisy_logits(be, y, l2, use_noise ? noise : NULL, M, E);
+    be->noisy_logits_bwd(be, dl2, dy, l2, use_noise ? noise : NULL, M, E);
+
+    double *l2d = tu_doubles(2 * ME), *nd = tu_doubles(ME), *wd = tu_doubles(ME);
+    double *yref = tu_doubles(ME), *fd = tu_doubles(2 * ME);
+    tu_to_double(l2d, l2, 2 * ME);
+    tu_to_double(nd, noise, ME);
+    tu_to_double(wd, dy, ME);
+    noisy_ctx c = {M, E, use_noise ? nd : NULL, wd};
+    ref_noisy(yref, &c, l2d);
+    tu_expect_close("noisy_logits", y, yref, ME, 1e-6);
+    tu_fd_grad(noisy_objective, &c, l2d, 2 * ME, NULL, 2 * ME, 1e-6, fd);
+    tu_expect_grad("noisy_logits_bwd", dl2, fd, NULL, 2 * ME, 1e-5);
+    if (!use_noise)
+        for (size_t i = 0; i < ME; i++) {
+            cr_assert_eq(y[i], l2[(i / E) * 2 * E + i % E], "no noise: y is the clean half");
+            cr_assert_eq(dl2[(i / E) * 2 * E + E + i % E], 0.0f, "no noise: no raw gradient");
+        }
+}
+
+Test(moe, noisy_logits_and_bwd) {
+    check_noisy(1, 1, 1, 201);
+    check_noisy(7, 5, 1, 202);
+    check_noisy(33, 16, 1, 203);
+    check_noisy(9, 4, 0, 204);
+}
+
+Test(moe, noisy_logits_threaded_bit_identical) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(205);
+    int M = 4000, E = 16;
+    float *l2 = tu_floats(2 * M * E), *noise = tu_floats(M * E), *dy = tu_floats(M * E);
+    tu_fill_normal(&r, l2, 2 * M * E, 2.0);
+    tu_fill_normal(&r, noise, M * E, 1.0);
+    tu_fill(&r, dy, M * E, -1, 1);
+    float *y[2], *dl[2];
+    for (int run = 0; run < 2; run++) {
+        y[run] = tu_floats(M * E), dl[run] = tu_floats(2 * M * E);
+        be->noisy_logits(be, y[run], l2, noise, M, E);
+        be->noisy_logits_bwd(be, dl[run], dy, l2, noise, M, E);
+    }
+    tu_expect_equal("noisy_logits", y[1], y[0], M * E);
+    tu_expect_equal("noisy_logits_bwd", dl[1], dl[0], 2 * M * E);
+}
+
+/* ---- cv^2 balance loss ------------------------------------------------------------------------ */
+
+static double ref_cv2(const double *x, int E) {
+    if (E < 2) return 0;
+    double mean = 0, var = 0;
+    for (int e = 0; e < E; e++) mean += x[e];
+    mean /= E;
+    for (int e = 0; e < E; e++) var += (x[e] - mean) * (x[e] - mean);
+    return var / (E - 1) / (mean * mean + 1e-10);
+}
+
+typedef struct {
+    int M, E, K;
+    const int32_t *idx;
+    double weight;
+} balance_ctx;
+
+static double balance_objective(void *vctx, const double *gate) {
+    balance_ctx *c = vctx;
+    double imp[64] = {0}, load[64] = {0};
+    for (int p = 0; p < c->M * c->K; p++) imp[c->idx[p]] += gate[p], load[c->idx[p]] += 1;
+    return c->weight * (ref_cv2(imp, c->E) + ref_cv2(load, c->E));
+}
+
+static void check_balance(int M, int E, int K, float weight, uint64_t seed) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(seed);
+    int MK = M * K;
+    float *logits = tu_floats(M * E), *probs = tu_floats(M * E), *gate = tu_floats(MK);
+    float *dimp = tu_floats(E), loss;
+    int32_t *idx = tu_ints(MK);
+    tu_fill_normal(&r, logits, M * E, 1.5);
+    be->route(be, probs, idx, gate, logits, M, E, K, EPS);
+    tu_fill_nan(dimp, E);
+    be->balance_loss(be, &loss, dimp, gate, idx, M, E, K, weight);
+
+    double *gd = tu_doubles(MK), *fd = tu_doubles(MK);
+    tu_to_double(gd, gate, MK);
+    balance_ctx c = {M, E, K, idx, weight};
+    double want = balance_objective(&c, gd);
+    cr_assert(fabs(loss - want) <= 1e-5 * fabs(want) + 1e-12,
+              "balance_loss M=%d E=%d K=%d: %.9g, want %.9g", M, E, K, loss, want);
+    tu_fd_grad(balance_objective, &c, gd, MK, NULL, MK, 1e-6, fd);
+    /* The op's gate gradient: dgate = start + dimp[idx], checked against start + FD. */
+    float *dgate = tu_floats(MK);
+    double *want_dg = tu_doubles(MK);
+    for (int p = 0; p < MK; p++) {
+        dgate[p] = (float)(0.25 * (p % 5) - 0.5);
+        want_dg[p] = dgate[p] + fd[p];
+    }
+    be->balance_loss_bwd(be, dgate, dimp, idx, M, K);
+    tu_expect_close("balance_loss_bwd (accumulated)", dgate, want_dg, MK, 1e-4);
+}
+
+Test(moe, balance_loss_and_bwd) {
+    check_balance(13, 4, 2, 1.0f, 301);
+    check_balance(50, 16, 4, 0.01f, 302);
+    check_balance(5, 6, 6, 1.0f, 303); /* K == E: every expert gets every token */
+}
+
+Test(moe, balance_loss_hand_computed) {
+    ms_backend *be = tu_cpu();
+    /* Two experts, top-1: three tokens on expert 0 with gate 0.5, one on expert 1 with gate 1.
+     * importance (1.5, 1): mean 1.25, var 0.125 -> cv2 0.08; load (3, 1): mean 2, var 2 -> 0.5. */
+    float gate[4] = {0.5f, 0.5f, 0.5f, 1.0f}, dimp[2], loss;
+    int32_t idx[4] = {0, 0, 0, 1};
+    be->balance_loss(be, &loss, dimp, gate, idx, 4, 2, 1, 2.0f);
+    cr_assert_float_eq(loss, 2.0f * (0.08f + 0.5f), 1e-6);
+    /* Balanced routing: zero loss and zero gradient. */
+    float g2[4] = {0.7f, 0.7f, 0.7f, 0.7f};
+    int32_t i2[4] = {0, 1, 1, 0};
+    be->balance_loss(be, &loss, dimp, g2, i2, 4, 2, 1, 1.0f);
+    cr_assert_float_eq(loss, 0.0f, 1e-9);
+    cr_assert_float_eq(dimp[0], 0.0f, 1e-9);
+    cr_assert_float_eq(dimp[1], 0.0f, 1e-9);
+    /* One expert: cv2 is 0 by definition (M3ViT's cv_squared). */
+    int32_t i1[4] = {0, 0, 0, 0};
+    be->balance_loss(be, &loss, dimp, gate, i1, 4, 1, 1, 1.0f);
+    cr_assert_eq(loss, 0.0f);
+    cr_assert_eq(dimp[0], 0.0f);
+}
+
+/* ---- task-conditioned router bias ------------------------------------------------------------ */
+
+typedef struct {
+    int E, D;
+    const double *wb; /* [E] objective weights */
+} tbias_ctx;
+
+/* x = [w (E*D) ; v (D)]; L = sum_e wb[e] (w v)[e]. */
+static double tbias_objective(void *vctx, const double *x) {
+    tbias_ctx *c = vctx;
+    double L = 0;
+    for (int e = 0; e < c->E; e++) {
+        double acc = 0;
+        for (int d = 0; d < c->D; d++) acc += x[e * c->D + d] * x[c->E * c->D + d];
+        L += c->wb[e] * acc;
+    }
+    return L;
+}
+
+static void check_task_bias(int E, int D, uint64_t seed) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(seed);
+    int n = E * D + D;
+    float *x = tu_floats(n), *bias = tu_floats(E), *dbias = tu_floats(E);
+    float *grad = tu_floats(n);
+    tu_fill(&r, x, n, -1, 1);
+    tu_fill(&r, dbias, E, -1, 1);
+    tu_fill(&r, grad, n, -1, 1); /* non-zero start: both gradients accumulate */
+    double *start = tu_doubles(n);
+    tu_to_double(start, grad, n);
+    be->router_task_bias(be, bias, x, x + E * D, E, D);
+    be->router_task_bias_bwd(be, grad, grad + E * D, dbias, x, x + E * D, E, D);
+
+    double *xd = tu_doubles(n), *ref = tu_doubles(E), *fd = tu_doubles(n), *wb = tu_doubles(E);
+    tu_to_double(xd, x, n);
+    tu_to_double(wb, dbias, E);
+    for (int e = 0; e < E; e++) {
+        ref[e] = 0;
+        for (int d = 0; d < D; d++) ref[e] += xd[e * D + d] * xd[E * D + d];
+    }
+    tu_expect_close("router_task_bias", bias, ref, E, 1e-6);
+    tbias_ctx c = {E, D, wb};
+    tu_fd_grad(tbias_objective, &c, xd, n, NULL, n, 1e-6, fd);
+    for (int i = 0; i < n; i++) fd[i] += start[i];
+    tu_expect_close("router_task_bias_bwd (accumulated)", grad, fd, n, 1e-5);
+}
+
+Test(moe, router_task_bias_and_bwd) {
+    check_task_bias(1, 1, 401);
+    check_task_bias(4, 8, 402);
+    check_task_bias(16, 37, 403);
+}
