@@ -2,7 +2,9 @@
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 
@@ -13,7 +15,13 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"train", cmd_train, "train a model from a config (train CONFIG [--set k=v] [--resume auto|PATH])"},
+    {"eval", cmd_eval, "evaluate a checkpoint: metrics, Delta_m, expert usage (eval --checkpoint P)"},
     {"config", cmd_config, "show the resolved configuration (config show FILE) or every key (config keys)"},
+    {"info", cmd_info, "parameters, FLOPs per image and the memory plan of a config's model"},
+    {"data", cmd_data, "check a dataset before training (data check FILE) or time the loader (data bench FILE)"},
+    {"synth", cmd_synth, "write a synthetic multi-task dataset (Taskonomy or PASCAL_MT layout)"},
+    {"bench", cmd_bench, "time training steps against this machine's GEMM peak (bench [CONFIG] [--steps N] [--json])"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -43,7 +51,19 @@ int ms_usage_error(const char *cmd, const char *fmt, ...) {
     return MS_EXIT_USAGE;
 }
 
+/* The OpenMP runtime reads OMP_WAIT_POLICY when it loads, before main. Its default lets idle
+ * threads spin, which starves the data-loading threads on a small machine (on 2 cores a demo
+ * step took 7x longer). Unless the user chose a policy, run again with the passive one. */
+static void ensure_passive_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("MODSQUAD_NO_REEXEC")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    setenv("MODSQUAD_NO_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* Not fatal: without /proc the run is only slower. */
+}
+
 int main(int argc, char **argv) {
+    ensure_passive_wait(argv);
     static const struct option opts[] = {
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     /* '+' stops at the first non-option: the command's own options are parsed by it. */

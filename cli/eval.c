@@ -1,0 +1,230 @@
+/* modsquad eval --checkpoint P [--split NAME] [--out FILE] [--baseline FILE] [--set k=v ...]
+ * modsquad eval --config CONFIG ...   (the freshly initialised model: the reference "before")
+ *
+ * Evaluates a checkpoint on a split with the metrics of DATASETS.md (the dataset of the config
+ * stored in the checkpoint), prints a table, writes the metrics as JSON, the task x expert usage
+ * of every MoE layer as CSV and as a PNG heatmap, and Delta_m against a baseline metrics file. */
+#include <getopt.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/util.h"
+#include "../model/heatmap.h"
+#include "../model/safetensors.h"
+#include "../model/tasks.h"
+#include "commands.h"
+#include "run.h"
+
+#define MAX_SETS 64
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "Usage: modsquad eval --checkpoint PATH [--split NAME] [--out FILE] [--baseline FILE]\n"
+            "                     [--set key=value ...]\n"
+            "       modsquad eval --config CONFIG [same options]\n\n"
+            "Evaluates a checkpoint (its config is stored in it) on a split of its dataset, or\n"
+            "with --config the model of CONFIG as initialised from run.seed (before training).\n\n"
+            "Options:\n"
+            "  -c, --checkpoint PATH  weights written by modsquad train (e.g. RUN/last.safetensors)\n"
+            "  -C, --config CONFIG    evaluate the initial model of CONFIG instead\n"
+            "  -S, --split NAME       split to evaluate (default: eval.split of the config)\n"
+            "  -o, --out FILE         metrics JSON (default: next to the checkpoint,\n"
+            "                         metrics-SPLIT-stepN.json, or metrics-init.json in the run\n"
+            "                         directory with --config); usage CSV and PNG go beside it\n"
+            "  -b, --baseline FILE    a metrics JSON of the reference (e.g. single-task runs):\n"
+            "                         prints Delta_m of this model against it\n"
+            "  -s, --set KEY=VALUE    override a key of the stored config (e.g. data.root)\n"
+            "  -h, --help             show this help\n");
+}
+
+/* Writes usage.csv and usage.png next to `json_path`. */
+static int write_usage(const char *json_path, const ms_config *cfg, const ms_model *m,
+                       const ms_usage *u) {
+    if (!u->layers) return 0;
+    char base[4300], csv[4400], png[4400];
+    snprintf(base, sizeof base, "%s", json_path);
+    char *dot = strrchr(base, '.');
+    if (dot && !strchr(dot, '/')) *dot = 0;
+    snprintf(csv, sizeof csv, "%s-usage.csv", base);
+    snprintf(png, sizeof png, "%s-usage.png", base);
+    FILE *f = fopen(csv, "w");
+    if (!f) {
+        fprintf(stderr, "modsquad: error: cannot write %s\n", csv);
+        return -1;
+    }
+    fprintf(f, "layer,block,kind,task,expert,percent\n");
+    ms_heatmap_panel panels[64];
+    static char titles[64][96];
+    const char *rows[MS_MAX_TASKS];
+    double *values = ms_calloc((size_t)u->layers * u->T * u->maxE, sizeof(double));
+    for (int t = 0; t < u->T; t++) rows[t] = cfg->data.tasks.name[t];
+    size_t off = 0; /* panel l's values: [T, E[l]] starting here */
+    for (int l = 0; l < u->layers; l++) {
+        ms_moe_info mi = ms_model_moe_info(m, l);
+        for (int t = 0; t < u->T; t++)
+            for (int e = 0; e < u->E[l]; e++) {
+                double p = ms_usage_percent(u, l, t, e);
+                values[off + (size_t)t * u->E[l] + e] = p;
+                fprintf(f, "%d,%d,%s,%s,%d,%.4f\n", l, mi.block, mi.attn ? "attention" : "mlp",
+                        rows[t], e, p);
+            }
+        snprintf(titles[l], sizeof titles[l], "block %d %s (E=%d, k=%d): %% of each task's selections",
+                 mi.block, mi.attn ? "attention" : "MLP", mi.E, mi.K);
+        panels[l] = (ms_heatmap_panel){titles[l], u->T, u->E[l], rows, values + off, 0};
+        off += (size_t)u->T * u->E[l];
+    }
+    fclose(f);
+    char err[1024];
+    int rc = ms_heatmap_write(png, "expert usage per task", u->layers, panels, err, sizeof err);
+    free(values);
+    if (rc) {
+        fprintf(stderr, "modsquad: error: %s\n", err);
+        return -1;
+    }
+    printf("usage: %s, %s\n", csv, png);
+    return 0;
+}
+
+int cmd_eval(int argc, char **argv) {
+    static const struct option opts[] = {{"checkpoint", required_argument, 0, 'c'},
+                                         {"config", required_argument, 0, 'C'},
+                                         {"split", required_argument, 0, 'S'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"baseline", required_argument, 0, 'b'},
+                                         {"set", required_argument, 0, 's'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *ckpt = NULL, *config = NULL, *split = NULL, *out = NULL, *baseline = NULL;
+    const char *sets[MAX_SETS];
+    int n_sets = 0, c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "c:C:S:o:b:s:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': ckpt = optarg; break;
+        case 'C': config = optarg; break;
+        case 'S': split = optarg; break;
+        case 'o': out = optarg; break;
+        case 'b': baseline = optarg; break;
+        case 's':
+            if (n_sets == MAX_SETS) return ms_usage_error("eval", "at most %d --set options", MAX_SETS);
+            sets[n_sets++] = optarg;
+            break;
+        case 'h': usage(stdout); return 0;
+        default: return ms_usage_error("eval", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc) return ms_usage_error("eval", "unexpected argument '%s'", argv[optind]);
+    if (!ckpt == !config) return ms_usage_error("eval", "give --checkpoint or --config (one of them)");
+
+    char err[1024];
+    ms_st_file w = {0};
+    static ms_config cfg;
+    if (ckpt) {
+        if (ms_safetensors_read(ckpt, &w, err, sizeof err)) {
+            fprintf(stderr, "modsquad: error: %s\n", err);
+            return 1;
+        }
+        const char *yaml = ms_st_meta(&w, "modsquad.config");
+        if (!yaml) {
+            fprintf(stderr, "modsquad: error: %s has no 'modsquad.config' metadata: not a modsquad checkpoint\n", ckpt);
+            ms_safetensors_free(&w);
+            return 1;
+        }
+        char name[4200];
+        snprintf(name, sizeof name, "%s (stored config)", ckpt);
+        if (ms_cli_load_config_text(&cfg, name, yaml, n_sets, sets)) {
+            ms_safetensors_free(&w);
+            return 1;
+        }
+    } else if (ms_cli_load_config(&cfg, config, n_sets, sets)) {
+        return 1;
+    }
+    const char *step = ckpt ? ms_st_meta(&w, "modsquad.step") : "0";
+    if (!split) split = cfg.eval.split;
+    int rc = 1;
+    ms_backend *be = ms_cli_open_backend(&cfg);
+    ms_model *m = NULL;
+    ms_data *d = NULL;
+    float *host = NULL;
+    ms_usage u = {0};
+    if (!be) goto out;
+    int B = cfg.eval.batch_size;
+    m = ms_model_create(&cfg, be, &(ms_model_opts){.batch = B});
+    const ms_param_table *pt = ms_model_params(m);
+    if (ckpt) {
+        host = ms_calloc(pt->total, sizeof(float));
+        if (ms_safetensors_load_params(&w, ckpt, pt, host, err, sizeof err)) {
+            fprintf(stderr, "modsquad: error: %s\n", err);
+            goto out;
+        }
+        be->upload(be, ms_model_param_data(m), host, pt->total * sizeof(float));
+    } else {
+        ms_model_init(m, (uint64_t)cfg.run.seed);
+    }
+    ms_io_err ierr = {0};
+    ms_data_open_opts dopt = {0};
+    if (ms_data_open(&d, &cfg, split, &dopt, &ierr)) {
+        fprintf(stderr, "modsquad: error: %s\n", ierr.msg);
+        goto out;
+    }
+    const int T = cfg.data.tasks.n;
+    ms_metric_result res[MS_MAX_TASKS];
+    ms_usage_init(&u, m, T);
+    printf("modsquad eval %s (step %s) on %s/%s: %lld images\n", ckpt ? ckpt : config, step ? step : "?",
+           cfg.data.root, split, (long long)(cfg.eval.max_images > 0 && cfg.eval.max_images < d->n ? cfg.eval.max_images : d->n));
+    if (ms_cli_evaluate(m, be, B, d, &cfg, cfg.eval.max_images, res, &u, NULL)) goto out;
+    ms_cli_print_metrics(&cfg, res);
+
+    char json[4200];
+    if (out) {
+        snprintf(json, sizeof json, "%s", out);
+    } else if (!ckpt) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/%s", cfg.run.dir, cfg.run.name);
+        ms_cli_make_dirs(dir);
+        snprintf(json, sizeof json, "%s/metrics-init-%s.json", dir, split);
+    } else {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", ckpt);
+        snprintf(json, sizeof json, "%s/metrics-%s-step%s.json", dirname(dir), split, step ? step : "x");
+    }
+    const char *names[MS_MAX_TASKS];
+    const ms_task_def *defs[MS_MAX_TASKS];
+    for (int t = 0; t < T; t++) {
+        names[t] = cfg.data.tasks.name[t];
+        defs[t] = ms_task_find(cfg.data.dataset, names[t]);
+    }
+    {
+        char jdir[4300];
+        snprintf(jdir, sizeof jdir, "%s", json);
+        ms_cli_make_dirs(dirname(jdir));
+    }
+    if (ms_metrics_json_write(json, T, names, res, err, sizeof err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err);
+        goto out;
+    }
+    printf("metrics: %s\n", json);
+    if (write_usage(json, &cfg, m, &u)) goto out;
+    if (baseline) {
+        static ms_metrics_file bf;
+        double dm;
+        if (ms_metrics_json_read(baseline, &bf, err, sizeof err) ||
+            ms_delta_m_baseline(T, defs, res, &bf, baseline, &dm, err, sizeof err)) {
+            fprintf(stderr, "modsquad: error: %s\n", err);
+            goto out;
+        }
+        printf("Delta_m against %s: %+.2f%%\n", baseline, dm);
+    }
+    rc = 0;
+out:
+    ms_usage_free(&u);
+    ms_data_close(d);
+    free(host);
+    if (m) ms_model_destroy(m);
+    if (be) be->destroy(be);
+    ms_safetensors_free(&w);
+    return rc;
+}

@@ -1,0 +1,240 @@
+#include "run.h"
+
+#include <errno.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/loader.h"
+#include "../kernels/backend_select.h"
+#include "../kernels/util.h"
+#include "../model/tasks.h"
+#include "commands.h"
+
+static int report(int n, ms_config_errors *errs) {
+    if (n) ms_config_errors_print(errs, stderr);
+    ms_config_errors_free(errs);
+    return n ? 1 : 0;
+}
+
+int ms_cli_load_config(ms_config *cfg, const char *path, int n_sets, const char *const *sets) {
+    ms_config_errors errs;
+    ms_config_errors_init(&errs);
+    return report(ms_config_load(cfg, path, n_sets, sets, &errs), &errs);
+}
+
+int ms_cli_load_config_text(ms_config *cfg, const char *name, const char *text, int n_sets,
+                            const char *const *sets) {
+    ms_config_errors errs;
+    ms_config_errors_init(&errs);
+    return report(ms_config_load_text(cfg, name, text, strlen(text), n_sets, sets, &errs), &errs);
+}
+
+ms_backend *ms_cli_open_backend(const ms_config *cfg) {
+    char err[512];
+    int bf16 = cfg->train.precision == MS_PRECISION_BF16;
+    ms_backend *be = ms_backend_create(cfg->run.device, cfg->run.threads, bf16, err, sizeof err);
+    if (!be) {
+        fprintf(stderr, "modsquad: error: run.device '%s': %s\n", cfg->run.device, err);
+        return NULL;
+    }
+    int missing = ms_backend_missing_ops(be);
+    if (missing && strcmp(be->name, "cpu") != 0) {
+        /* The CUDA backend is being completed op by op; until it has every op a run needs,
+         * auto stays on the CPU and an explicit cuda says why it cannot run. */
+        be->destroy(be);
+        if (strcmp(cfg->run.device, "auto") == 0 && !bf16) {
+            ms_warn("the CUDA backend of this build lacks %d ops; running on the CPU", missing);
+            return ms_backend_create("cpu", cfg->run.threads, 0, err, sizeof err);
+        }
+        fprintf(stderr,
+                "modsquad: error: run.device '%s': the CUDA backend of this build does not yet "
+                "implement %d of the ops a run needs; use run.device: cpu\n",
+                cfg->run.device, missing);
+        return NULL;
+    }
+    return be;
+}
+
+int ms_cli_make_dirs(const char *path) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* ---- expert usage ------------------------------------------------------------------------- */
+
+void ms_usage_init(ms_usage *u, const ms_model *m, int T) {
+    memset(u, 0, sizeof *u);
+    u->layers = ms_model_moe_layers(m);
+    MS_ASSERT(u->layers <= 64);
+    u->T = T;
+    for (int l = 0; l < u->layers; l++) {
+        ms_moe_info mi = ms_model_moe_info(m, l);
+        u->E[l] = mi.E, u->K[l] = mi.K;
+        if (mi.E > u->maxE) u->maxE = mi.E;
+    }
+    u->counts = ms_calloc((size_t)(u->layers ? u->layers : 1) * T * (u->maxE ? u->maxE : 1),
+                          sizeof(int64_t));
+}
+
+void ms_usage_free(ms_usage *u) {
+    free(u->counts);
+    memset(u, 0, sizeof *u);
+}
+
+static int64_t *usage_row(const ms_usage *u, int l, int t) {
+    return u->counts + ((size_t)l * u->T + t) * u->maxE;
+}
+
+double ms_usage_percent(const ms_usage *u, int l, int t, int e) {
+    const int64_t *row = usage_row(u, l, t);
+    int64_t total = 0;
+    for (int i = 0; i < u->E[l]; i++) total += row[i];
+    return total ? 100.0 * (double)row[e] / (double)total : 0.0;
+}
+
+static void usage_add(ms_usage *u, const ms_model *m) {
+    int64_t tmp[1024];
+    for (int l = 0; l < u->layers; l++)
+        for (int t = 0; t < u->T; t++) {
+            MS_ASSERT(u->E[l] <= 1024);
+            ms_model_expert_counts(m, l, t, tmp);
+            int64_t *row = usage_row(u, l, t);
+            for (int e = 0; e < u->E[l]; e++) row[e] += tmp[e];
+        }
+}
+
+/* ---- evaluation --------------------------------------------------------------------------- */
+
+/* Copies slot `from` of src into slot `to` of dst (batches of one config and image size). */
+static void copy_slot(ms_batch *dst, int to, const ms_batch *src, int from, const ms_config *cfg) {
+    size_t P = (size_t)src->H * src->W;
+    memcpy(dst->images + to * 3 * P, src->images + from * 3 * P, 3 * P * sizeof(float));
+    dst->sample[to] = src->sample[from];
+    for (int t = 0; t < src->T; t++) {
+        const ms_task_def *d = ms_task_find(cfg->data.dataset, cfg->data.tasks.name[t]);
+        const ms_target *s = &src->target[t];
+        ms_target *g = &dst->target[t];
+        size_t C = (size_t)d->channels;
+        if (s->dense) memcpy(g->dense + to * C * P, s->dense + from * C * P, C * P * sizeof(float));
+        if (s->valid) memcpy(g->valid + to * P, s->valid + from * P, P);
+        if (s->labels) memcpy(g->labels + to * P, s->labels + from * P, P * sizeof(int32_t));
+        if (s->binary) memcpy(g->binary + to * P, s->binary + from * P, P);
+        if (s->vector) memcpy(g->vector + to * C, s->vector + from * C, C * sizeof(float));
+    }
+}
+
+int ms_cli_evaluate(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_config *cfg,
+                    int64_t max_images, ms_metric_result *results, ms_usage *usage,
+                    double *mean_loss) {
+    const int T = cfg->data.tasks.n;
+    ms_loader_opts o;
+    ms_loader_opts_from_config(&o, cfg, 0, 0, 1);
+    ms_metric_options mopt = ms_metric_options_default();
+    ms_metric_acc *acc[MS_MAX_TASKS];
+    const ms_task_def *def[MS_MAX_TASKS];
+    for (int t = 0; t < T; t++) {
+        def[t] = ms_task_find(cfg->data.dataset, cfg->data.tasks.name[t]);
+        acc[t] = ms_metric_acc_new(def[t], &mopt);
+    }
+    o.batch_size = B;
+    o.max_samples = max_images > 0 ? max_images : 0;
+    o.workers = cfg->data.workers;
+    ms_loader *L;
+    ms_io_err err = {0};
+    int rc = 1;
+    float *pred = NULL;
+    size_t pred_cap = 0;
+    double loss_sum[MS_MAX_TASKS] = {0};
+    int64_t batches = 0;
+    if (ms_loader_open(&L, d, cfg, &o, &err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err.msg);
+        goto out;
+    }
+    ms_batch *b;
+    ms_batch padded = {0};
+    int got;
+    while ((got = ms_loader_next(L, &b, &err)) == 1) {
+        int n = b->B;
+        const ms_batch *in = b;
+        if (n < B) {
+            /* A short last batch: repeat its last image; only the first n are scored. */
+            if (n == 0) continue;
+            if (!padded.images) ms_batch_alloc(&padded, cfg, B, b->H, b->W);
+            for (int i = 0; i < B; i++) copy_slot(&padded, i, b, i < n ? i : n - 1, cfg);
+            in = &padded;
+        }
+        ms_model_forward(m, in, 0, 0);
+        ms_losses l;
+        ms_model_losses(m, &l);
+        for (int t = 0; t < T; t++) loss_sum[t] += l.task[t];
+        batches++;
+        if (usage) usage_add(usage, m);
+        for (int t = 0; t < T; t++) {
+            size_t per = def[t]->classification ? (size_t)def[t]->channels
+                                                : (size_t)def[t]->channels * in->H * in->W;
+            size_t need = per * B;
+            if (need > pred_cap) {
+                free(pred);
+                pred = ms_malloc(need * sizeof(float));
+                pred_cap = need;
+            }
+            be->download_act(be, pred, ms_model_prediction(m, t), need);
+            ms_metric_update(acc[t], pred, &in->target[t], n, in->H, in->W);
+        }
+    }
+    if (got < 0) {
+        fprintf(stderr, "modsquad: error: %s\n", err.msg);
+        ms_loader_close(L);
+        if (padded.images) ms_batch_free(&padded);
+        goto out;
+    }
+    ms_loader_close(L);
+    if (padded.images) ms_batch_free(&padded);
+    for (int t = 0; t < T; t++) {
+        ms_metric_result_get(acc[t], &results[t]);
+        if (mean_loss) mean_loss[t] = batches ? loss_sum[t] / (double)batches : NAN;
+    }
+    rc = 0;
+out:
+    free(pred);
+    for (int t = 0; t < T; t++) ms_metric_acc_free(acc[t]);
+    return rc;
+}
+
+void ms_cli_print_metrics(const ms_config *cfg, const ms_metric_result *results) {
+    printf("%-22s %-12s %12s\n", "task", "metric", "value");
+    for (int t = 0; t < cfg->data.tasks.n; t++) {
+        const ms_task_def *d = ms_task_find(cfg->data.dataset, cfg->data.tasks.name[t]);
+        printf("%-22s %-12s %12.5g %s\n", d->name, results[t].values[0].name, results[t].primary,
+               d->units);
+    }
+}
+
+/* ---- checkpoint metadata ------------------------------------------------------------------- */
+
+void ms_cli_meta_make(ms_cli_meta *m, const ms_config *cfg, long step) {
+    memset(m, 0, sizeof *m);
+    m->yaml = ms_config_to_yaml(cfg);
+    snprintf(m->step, sizeof m->step, "%ld", step);
+    ms_config_fingerprint(cfg, m->fingerprint);
+    m->kv[m->n++] = (ms_kv){"format", "pt"};
+    m->kv[m->n++] = (ms_kv){"modsquad.version", MS_VERSION};
+    m->kv[m->n++] = (ms_kv){"modsquad.step", m->step};
+    m->kv[m->n++] = (ms_kv){"modsquad.fingerprint", m->fingerprint};
+    m->kv[m->n++] = (ms_kv){"modsquad.config", m->yaml};
+}
+
+void ms_cli_meta_free(ms_cli_meta *m) {
+    free(m->yaml);
+    memset(m, 0, sizeof *m);
+}
