@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,27 @@ static int list_steps(const char *dir, long **steps) {
     return n;
 }
 
+/* A process killed in the middle of a write leaves NAME.tmp.PID behind; once that PID is gone
+ * the file can never be completed, so it goes (one checkpoint-sized file per preemption
+ * otherwise accumulates). */
+static void remove_dead_temporaries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *tmp = strstr(e->d_name, ".safetensors.tmp.");
+        if (!tmp || strncmp(e->d_name, PREFIX, strlen(PREFIX)) != 0) continue;
+        char *end;
+        long pid = strtol(tmp + strlen(".safetensors.tmp."), &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 int ms_ckpt_save(const char *dir, long step, const ms_param_table *pt, const float *params,
                  const ms_kv *meta, int n_meta, const ms_ckpt_array *state, int n_state,
                  const ms_kv *state_meta, int n_state_meta, int keep, char *err, size_t cap) {
@@ -87,6 +109,7 @@ int ms_ckpt_save(const char *dir, long step, const ms_param_table *pt, const flo
         unlink(tmp);
     }
 
+    remove_dead_temporaries(dir);
     if (keep > 0) {
         long *steps;
         int n = list_steps(dir, &steps);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../../model/checkpoint.h"
@@ -105,4 +106,25 @@ Test(checkpoint, empty_or_missing_directory, .init = setup) {
     char w[512];
     cr_assert_eq(ms_ckpt_latest(dir, w, sizeof w), -1);
     cr_assert_eq(ms_ckpt_latest("/tmp/ms_no_such_dir_for_ckpt", w, sizeof w), -1);
+}
+
+/* A temporary left by a killed writer goes at the next save; a live writer's stays. */
+Test(checkpoint, removes_temporaries_of_dead_writers, .init = setup) {
+    char dead[256], live[256];
+    /* Fork a child that exits at once: its pid is certainly dead afterwards. */
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+    snprintf(dead, sizeof dead, "%s/ckpt-00000005.safetensors.tmp.%ld", dir, (long)child);
+    snprintf(live, sizeof live, "%s/ckpt-00000006.safetensors.tmp.%ld", dir, (long)getppid());
+    FILE *f = fopen(dead, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    f = fopen(live, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    save(7, 0);
+    cr_assert_neq(access(dead, F_OK), 0, "the dead writer's temporary %s is still there", dead);
+    cr_assert_eq(access(live, F_OK), 0, "a live process's temporary was removed");
 }
