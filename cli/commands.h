@@ -14,6 +14,7 @@ int cmd_config(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Shared by subcommands: prints "modsquad CMD: MSG" and "Try 'modsquad CMD --help'." to stderr
  * and returns MS_EXIT_USAGE. */

@@ -21,6 +21,7 @@ static const command commands[] = {
     {"info", cmd_info, "parameters, FLOPs per image and the memory plan of a config's model"},
     {"data", cmd_data, "check a dataset before training (data check FILE) or time the loader (data bench FILE)"},
     {"synth", cmd_synth, "write a synthetic multi-task dataset (Taskonomy or PASCAL_MT layout)"},
+    {"bench", cmd_bench, "time training steps against this machine's GEMM peak (bench [CONFIG] [--steps N] [--json])"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

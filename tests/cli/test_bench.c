@@ -1,0 +1,122 @@
+/* modsquad bench on a tiny model: exits 0, prints one JSON object whose numbers are positive and
+ * finite, whose fractions lie in [0, 1], and whose time shares show the timed backend saw the
+ * step's GEMMs; bad options are usage errors. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../testutil.h"
+
+static char dir[64], data[128];
+static char json[16384];
+
+static const char *bin(void) {
+    const char *b = getenv("MODSQUAD_BIN");
+    return b ? b : "./modsquad";
+}
+
+#define TINY                                                                                    \
+    "--set data.image_size=32 --set data.resize=36 --set model.patch=8 --set model.dim=32 "      \
+    "--set model.depth=2 --set model.heads=2 --set model.attn_experts=4 --set model.attn_topk=2 " \
+    "--set model.mlp_experts=4 --set model.mlp_topk=2 --set train.batch_size=4 "
+
+static void setup(void) {
+    snprintf(dir, sizeof dir, "/tmp/ms_bench_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(data, sizeof data, "%s/data", dir);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s synth --out %s --layout taskonomy --count 24 --size 36 --seed 5 -q >/dev/null 2>&1",
+             bin(), data);
+    cr_assert_eq(system(cmd), 0, "synth failed: %s", cmd);
+}
+
+static void teardown(void) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)system(cmd);
+}
+
+static int run(const char *extra, const char *out) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s bench configs/demo.yaml " TINY "--set data.root=%s %s >%s/%s 2>%s/%s.err",
+             bin(), data, extra, dir, out, dir, out);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void slurp(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    size_t n = fread(json, 1, sizeof json - 1, f);
+    json[n] = 0;
+    fclose(f);
+}
+
+/* The number after "key": in the JSON text (NAN when the key is missing). */
+static double number(const char *key) {
+    char pat[96];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(json, pat);
+    if (!p) return NAN;
+    char *end;
+    double v = strtod(p + strlen(pat), &end);
+    return end == p + strlen(pat) ? NAN : v;
+}
+
+Test(bench, json_numbers, .init = setup, .fini = teardown, .timeout = 120) {
+    cr_assert_eq(run("--steps 3 --warmup 1 --json", "bench.json"), 0, "bench failed (see %s/bench.json.err)", dir);
+    slurp("bench.json");
+    /* One object: starts with {, ends with }, braces balanced. */
+    size_t n = strlen(json);
+    while (n && (json[n - 1] == '\n' || json[n - 1] == ' ')) n--;
+    cr_assert(n > 2 && json[0] == '{' && json[n - 1] == '}', "not one JSON object:\n%s", json);
+    int depth = 0;
+    for (size_t i = 0; i < n; i++) {
+        depth += json[i] == '{' ? 1 : json[i] == '}' ? -1 : 0;
+        cr_assert(depth > 0 || i == n - 1, "JSON object closes early at %zu:\n%s", i, json);
+    }
+    const char *positive[] = {"gemm_peak_gflops", "flops_per_step", "step_ms_memory",
+                              "images_per_s_memory", "gflops_memory", "step_ms_loader",
+                              "images_per_s_loader", "gflops_loader", "loader_vs_memory",
+                              "peak_rss_mb", "plan_mb", "rss_vs_plan"};
+    for (size_t i = 0; i < sizeof positive / sizeof *positive; i++) {
+        double v = number(positive[i]);
+        cr_assert(isfinite(v) && v > 0, "%s = %g, expected positive and finite:\n%s", positive[i], v, json);
+    }
+    const char *fractions[] = {"peak_fraction_memory", "peak_fraction_loader"};
+    for (int i = 0; i < 2; i++) {
+        double v = number(fractions[i]);
+        cr_assert(isfinite(v) && v > 0 && v <= 1, "%s = %g, expected in (0, 1]", fractions[i], v);
+    }
+    const char *shares[] = {"gemm", "attention", "moe_routing", "norms_activations", "elementwise",
+                            "losses", "optimizer", "memory", "data", "untimed"};
+    double sum = 0;
+    for (size_t i = 0; i < sizeof shares / sizeof *shares; i++) {
+        double v = number(shares[i]);
+        cr_assert(isfinite(v) && v >= 0 && v <= 1, "share %s = %g, expected in [0, 1]", shares[i], v);
+        sum += v;
+    }
+    cr_assert(sum > 0.99 && sum < 1.01, "the shares sum to %g, not 1:\n%s", sum, json);
+    /* The timed backend saw the work: GEMMs, attention, routing and the optimizer all took time. */
+    cr_assert(number("gemm") > 0.05, "gemm share %g: the linear ops were not timed", number("gemm"));
+    cr_assert(number("attention") > 0 && number("moe_routing") > 0 && number("optimizer") > 0,
+              "a category the model uses got no time:\n%s", json);
+    /* FLOPs per step against images/s and GFLOP/s agree (GFLOP/s = FLOPs / median step). */
+    double expect = number("flops_per_step") / (number("step_ms_memory") * 1e-3) / 1e9;
+    cr_assert(fabs(number("gflops_memory") - expect) < 1e-3 * expect + 1e-3, "gflops_memory %g, expected %g",
+              number("gflops_memory"), expect);
+}
+
+Test(bench, usage_errors, .init = setup, .fini = teardown, .timeout = 60) {
+    cr_assert_eq(run("--steps 0", "zero"), 2);
+    cr_assert_eq(run("--bogus", "bogus"), 2);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s bench %s/missing.yaml >/dev/null 2>&1", bin(), dir);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "a missing config should exit 1");
+}
