@@ -1,0 +1,84 @@
+/* cuBLAS, loaded at run time, and the row-major GEMM helper of the CUDA backend.
+ *
+ * libcublas pulls in libcublasLt (over 500 MB), and loading them costs every process that links
+ * them about 0.1 s at start-up, GPU or not: each test process and each CLI run on a laptop. So
+ * modsquad does not link cuBLAS; ms_backend_cuda_create loads it with dlopen (the soname of the
+ * major version it was compiled against) and a machine without it gets a clear error instead of
+ * a program that does not start. Under the emulator (MS_SIMT) the pointers are the stand-ins. */
+#include "cuda_common.h"
+
+#include <stdio.h>
+
+#ifndef MS_SIMT
+#include <dlfcn.h>
+#endif
+
+cuda_blas_api g_blas;
+
+#ifdef MS_SIMT
+
+bool cuda_blas_load(char *err, size_t cap) {
+    (void)err, (void)cap;
+    g_blas.create = cublasCreate;
+    g_blas.destroy = cublasDestroy;
+    g_blas.set_stream = cublasSetStream;
+    g_blas.set_math_mode = cublasSetMathMode;
+    g_blas.status_string = cublasGetStatusString;
+    g_blas.gemm_ex = cublasGemmEx;
+    return true;
+}
+
+#else
+
+#define MS_STR2(x) #x
+#define MS_STR(x) MS_STR2(x)
+
+/* Resolves `name` into *slot; false (with the reason in err) when the library lacks it. */
+static bool resolve(void *lib, const char *name, void *slot, char *err, size_t cap) {
+    void *f = dlsym(lib, name);
+    if (!f) {
+        snprintf(err, cap, "libcublas has no %s (%s)", name, dlerror());
+        return false;
+    }
+    memcpy(slot, &f, sizeof f);
+    return true;
+}
+
+bool cuda_blas_load(char *err, size_t cap) {
+    if (g_blas.gemm_ex) return true;
+    const char *soname = "libcublas.so." MS_STR(CUBLAS_VER_MAJOR);
+    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(err, cap,
+                 "cannot load cuBLAS (%s): %s; install the CUDA %d toolkit's libraries or add "
+                 "their directory to LD_LIBRARY_PATH",
+                 soname, dlerror(), CUBLAS_VER_MAJOR);
+        return false;
+    }
+    cuda_blas_api api;
+    if (!resolve(lib, "cublasCreate_v2", &api.create, err, cap) ||
+        !resolve(lib, "cublasDestroy_v2", &api.destroy, err, cap) ||
+        !resolve(lib, "cublasSetStream_v2", &api.set_stream, err, cap) ||
+        !resolve(lib, "cublasSetMathMode", &api.set_math_mode, err, cap) ||
+        !resolve(lib, "cublasGetStatusString", &api.status_string, err, cap) ||
+        !resolve(lib, "cublasGemmEx", &api.gemm_ex, err, cap))
+        return false;
+    g_blas = api; /* the library stays loaded for the life of the process */
+    return true;
+}
+
+#endif
+
+void cuda_gemm(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+               const void *A, cudaDataType a_type, int lda, const void *B, cudaDataType b_type,
+               int ldb, float beta, void *C, cudaDataType c_type, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    /* A row-major matrix is the column-major view of its transpose with the same leading
+     * dimension, so row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: one cuBLAS
+     * call with the operands swapped and each keeping its own transpose flag. */
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(g_blas.gemm_ex(cuda_of(be)->blas, op_b, op_a, N, M, K, &alpha, B, b_type, ldb, A,
+                                a_type, lda, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
+}
