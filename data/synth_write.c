@@ -265,7 +265,7 @@ static int build_anno(worker *wk, ms_anno *anno, char *err, size_t cap) {
         }
         wk->masks = m, wk->masks_capacity = n_masks * P;
     }
-    memset(wk->masks, 0, n_masks * P);
+    if (n_masks) memset(wk->masks, 0, n_masks * P); /* masks is NULL until a scene has one */
     uint8_t *next = wk->masks;
     int n_obj = 0, n_parts = 0;
     for (int k = 0; k < s->n_objects; k++) {

@@ -249,6 +249,13 @@ static void apply_set(ms_config *cfg, int index, const char *arg, ms_config_erro
         return;
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!root) {
+        /* Only blanks or a comment (`--set run.name=#`, found by fuzzing): no YAML node at all,
+         * which is null just as an empty value is. */
+        yaml_document_delete(&doc);
+        MS_ASSERT(parse_yaml("~", 1, &doc, &w, "YAML syntax error in the value", true, errs));
+        root = yaml_document_get_root_node(&doc);
+    }
     MS_ASSERT(root);
     bool ok = entry ? ms_config_apply_map_entry(cfg, k, entry, root, &w, errs)
                     : ms_config_apply_node(cfg, k, &doc, root, &w, errs);

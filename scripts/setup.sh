@@ -12,7 +12,8 @@ packages=(
   libmatio-dev           # PASCAL .mat annotations
   libopenmpi-dev openmpi-bin  # data-parallel training on CPUs
   libcriterion-dev       # test framework
-  gnuplot-nox            # training curves (scripts/plot_run)
+  clang libclang-rt-14-dev llvm  # libFuzzer + ASan/UBSan runtimes, llvm-symbolizer (make fuzz)
+  gnuplot-nox python3    # training curves (scripts/plot_run)
 )
 
 missing=()
