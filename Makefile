@@ -299,7 +299,7 @@ test: tests $(TEST_FUZZ)
 
 # README command 1: synthetic data, the initial model, training, evaluation, the final table.
 demo: $(BIN)
-	$(Q)bash scripts/demo.sh
+	$(Q)MODSQUAD_BIN=$(abspath $(BIN)) bash scripts/demo.sh
 
 clean:
 	rm -rf $(BUILD) modsquad

@@ -4,8 +4,10 @@
 # small Mod-Squad on five tasks of different kinds, evaluation, and a final table.
 #   DEMO_STEPS=N   train for N steps instead of configs/demo.yaml's train.steps (tests use it)
 #   DEMO_DIR=dir   where data and the run go (default runs/)
+#   MODSQUAD_BIN=path  the program (default ./modsquad; make test SANITIZE=1 uses build/san's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+modsquad=${MODSQUAD_BIN:-./modsquad}
 dir=${DEMO_DIR:-runs}
 config=configs/demo.yaml
 data="$dir/data/synth-demo"
@@ -19,20 +21,20 @@ start=$(date +%s)
 
 echo "== 1/4 synthetic data: $data"
 if [ ! -f "$data/splits.csv" ]; then
-  ./modsquad synth --out "$data" --layout taskonomy --count 600 --size 72 --seed 0
+  "$modsquad" synth --out "$data" --layout taskonomy --count 600 --size 72 --seed 0
 else
   echo "(already there)"
 fi
 
 echo "== 2/4 the initial model"
 rm -rf "$run"
-./modsquad eval --config "$config" "${sets[@]}" --out "$run/metrics-init.json" >/dev/null
+"$modsquad" eval --config "$config" "${sets[@]}" --out "$run/metrics-init.json" >/dev/null
 
 echo "== 3/4 training"
-./modsquad train "$config" "${sets[@]}"
+"$modsquad" train "$config" "${sets[@]}"
 
 echo "== 4/4 evaluation of the trained model"
-./modsquad eval --checkpoint "$run/last.safetensors" "${sets[@]}" --out "$run/metrics-trained.json" >/dev/null
+"$modsquad" eval --checkpoint "$run/last.safetensors" "${sets[@]}" --out "$run/metrics-trained.json" >/dev/null
 
 python3 scripts/demo_table.py "$run/metrics-init.json" "$run/metrics-trained.json" \
   --seconds $(( $(date +%s) - start ))
