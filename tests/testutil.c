@@ -1,4 +1,8 @@
+#define _XOPEN_SOURCE 700
 #include "testutil.h"
+
+#include <ftw.h>
+#include <sys/stat.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -66,6 +70,20 @@ float *tu_to_host(const float *dev, size_t n) {
     float *h = tu_floats(n);
     tu_cpu()->download_act(tu_cpu(), h, dev, n);
     return h;
+}
+
+void tu_tmpdir_make(char *dir, size_t cap, const char *tag) {
+    snprintf(dir, cap, "/tmp/ms_%s_XXXXXX", tag);
+    cr_assert_not_null(mkdtemp(dir), "mkdtemp(%s) failed", dir);
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+void tu_tmpdir_remove(const char *dir) {
+    if (dir[0]) nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 void tu_fill_nan(float *x, size_t n) {

@@ -30,6 +30,10 @@ void tu_to_double(double *dst, const float *src, size_t n);
 /* A backend buffer holding a copy of host[n] (fp32 activations), and a host copy of one. */
 float *tu_dev_from(const float *host, size_t n);
 float *tu_to_host(const float *dev, size_t n);
+/* A fresh directory /tmp/ms_TAG_XXXXXX written into dir[cap], and its removal with everything
+ * in it (for a suite's .init / .fini). */
+void tu_tmpdir_make(char *dir, size_t cap, const char *tag);
+void tu_tmpdir_remove(const char *dir);
 /* Fills x[n] with NaN: an op that reads an output it should only write then fails. */
 void tu_fill_nan(float *x, size_t n);
 void tu_to_float(float *dst, const double *src, size_t n);

@@ -14,29 +14,15 @@
 #include <unistd.h>
 
 #include "../../data/image.h"
+#include "../testutil.h"
 
 /* ---- a temporary directory per test ---------------------------------------------------------- */
 
 static char g_dir[64];
 
-static void make_dir(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/ms_test_image_XXXXXX");
-    cr_assert(mkdtemp(g_dir) != NULL, "mkdtemp failed");
-}
+static void make_dir(void) { tu_tmpdir_make(g_dir, sizeof g_dir, "test_image"); }
 
-static void remove_dir(void) {
-    DIR *d = opendir(g_dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(g_dir);
-}
+static void remove_dir(void) { tu_tmpdir_remove(g_dir); }
 
 TestSuite(image, .init = make_dir, .fini = remove_dir);
 
