@@ -444,6 +444,35 @@ static size_t dtype_size(const char *d) {
     return 0;
 }
 
+static int by_begin(const void *a, const void *b) {
+    const ms_st_tensor *x = *(const ms_st_tensor *const *)a, *y = *(const ms_st_tensor *const *)b;
+    return (x->begin > y->begin) - (x->begin < y->begin);
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp((*(const ms_st_tensor *const *)a)->name, (*(const ms_st_tensor *const *)b)->name);
+}
+
+/* No two tensors share a name or overlapping bytes (sorting keeps hostile headers O(n log n)). */
+static int check_layout(const ms_st_file *f, const char *path, char *err, size_t cap) {
+    if (f->n < 2) return 0;
+    const ms_st_tensor **v = malloc((size_t)f->n * sizeof *v);
+    if (!v) return fail(err, cap, "%s: out of memory", path);
+    for (int i = 0; i < f->n; i++) v[i] = &f->t[i];
+    int rc = 0;
+    qsort(v, (size_t)f->n, sizeof *v, by_name);
+    for (int i = 1; i < f->n && !rc; i++)
+        if (strcmp(v[i - 1]->name, v[i]->name) == 0)
+            rc = fail(err, cap, "%s: tensor '%s' appears twice in the header", path, v[i]->name);
+    qsort(v, (size_t)f->n, sizeof *v, by_begin);
+    for (int i = 1; i < f->n && !rc; i++)
+        if (v[i]->begin < v[i - 1]->end && v[i]->end > v[i]->begin)
+            rc = fail(err, cap, "%s: tensors '%s' and '%s' overlap in the data", path, v[i - 1]->name,
+                      v[i]->name);
+    free(v);
+    return rc;
+}
+
 int ms_safetensors_read(const char *path, ms_st_file *f, char *err, size_t cap) {
     memset(f, 0, sizeof *f);
     FILE *fp = fopen(path, "rb");
@@ -491,6 +520,7 @@ int ms_safetensors_read(const char *path, ms_st_file *f, char *err, size_t cap) 
             goto out;
         }
     }
+    if (check_layout(f, path, err, cap)) goto out;
     f->data = malloc(f->data_bytes ? f->data_bytes : 1);
     if (!f->data || fread(f->data, 1, f->data_bytes, fp) != f->data_bytes) {
         fail(err, cap, "%s: cannot read %zu data bytes", path, f->data_bytes);

@@ -157,9 +157,11 @@ Test(safetensors, malformed_headers) {
                          "{\"a\": {\"dtype\": \"Q7\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
                          "{\"a\": {\"shape\": [1], \"data_offsets\": [0, 4]}}", "[1, 2]",
                          "{\"a\": {\"dtype\": \"F32\", \"shape\": [1,1,1,1,1], \"data_offsets\": [0, 4]}}",
-                         "{\"a\\q\": 1}"};
+                         "{\"a\\q\": 1}",
+                         "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}, \"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
+                         "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}, \"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}"};
     const char *needles[] = {"malformed", "data_offsets", "unknown dtype", "lacks dtype", "malformed",
-                             "array too long", "bad escape"};
+                             "array too long", "bad escape", "appears twice", "overlap"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t hl = strlen(bad[i]);
         unsigned char buf[512] = {0};
