@@ -1,12 +1,12 @@
 /* What every successful decode must satisfy, whatever the input: the dimensions the codec
- * reports fit the buffer it filled, and the layout is what the caller asked for. Reading every
- * output byte lets AddressSanitizer catch a size that claims more than was allocated. */
+ * reports fit the buffer it filled, and the layout is what the caller asked for. */
 #ifndef MS_FUZZ_IMAGE_CHECK_H
 #define MS_FUZZ_IMAGE_CHECK_H
 
 #include <stdlib.h>
 
 #include "../../data/image.h"
+#include "fuzz_check.h"
 
 static inline void fuzz_check_image(const ms_image *im, const ms_img_want *want) {
     size_t bytes = ms_image_bytes(im);
@@ -15,10 +15,7 @@ static inline void fuzz_check_image(const ms_image *im, const ms_img_want *want)
     if (want->channels && im->channels != want->channels) abort();
     if (want->depth && im->depth != want->depth) abort();
     if (want->mode == MS_IMG_COLOR && im->depth != 8) abort();
-    const volatile uint8_t *p = im->data;
-    uint8_t sum = 0;
-    for (size_t i = 0; i < bytes; i++) sum ^= p[i];
-    (void)sum;
+    fuzz_expect_addressable(im->data, bytes, "decoded image");
 }
 
 #endif

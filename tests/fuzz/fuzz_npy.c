@@ -1,7 +1,7 @@
 /* libFuzzer harness: .npy reading (data/npy.c). The input is the file. It is read into a fresh
  * array, again into the same array (buffer reuse), with a required count taken from the first
  * read (which must then agree), and into a small borrowed buffer, which must be refused rather
- * than overrun. Every value read is touched so a count larger than the buffer shows up. */
+ * than overrun. The values reported must all lie in the buffer. */
 #include "fuzz_file.h" /* first: it defines _GNU_SOURCE */
 
 #include <stdint.h>
@@ -9,16 +9,14 @@
 #include <string.h>
 
 #include "../../data/npy.h"
+#include "fuzz_check.h"
 
 static void check(const ms_npy *a) {
     if (a->ndim < 0 || a->ndim > MS_NPY_MAX_DIMS || a->count > a->capacity) abort();
     size_t n = 1;
     for (int d = 0; d < a->ndim; d++) n *= (size_t)a->shape[d];
     if (n != a->count) abort();
-    const volatile float *p = a->data;
-    float sum = 0;
-    for (size_t i = 0; i < a->count; i++) sum += p[i];
-    (void)sum;
+    fuzz_expect_addressable(a->data, a->count * sizeof(float), "npy values");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
