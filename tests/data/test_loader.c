@@ -1,7 +1,8 @@
 /* The prefetching loader on synthetic Taskonomy scenes: identical batches for one seed whatever
  * the number of workers, per-epoch permutations, exact resume from a saved position, sharding
- * over two ranks that covers an epoch exactly once, the end of an evaluation epoch, and worker
- * errors that reach the consumer as messages naming the file. */
+ * over two ranks that covers an epoch exactly once, the end of an evaluation epoch (empty
+ * batches included), worker errors that reach the consumer as messages naming the file, and
+ * seeks and closes at any moment that neither hang nor hand out a wrong batch. */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <ftw.h>
@@ -305,4 +306,87 @@ Test(loader, worker_errors_reach_the_consumer) {
         }
         ms_loader_close(L);
     }
+}
+
+/* Evaluation keeps the last partial global batch: 20 samples over 4 ranks of 4 images leave
+ * ranks 1..3 with an empty second batch, which the consumer must still receive (every rank
+ * takes the same number of steps) before the end. With one worker and one buffer the consumer
+ * is already asleep on that batch when the worker marks it made, so only the worker's wake-up
+ * lets it go on: a lost wake-up hangs here until the timeout. */
+Test(loader, empty_batches_at_the_end_of_evaluation, .timeout = 20) {
+    for (int workers = 0; workers <= 3; workers++)
+        for (int prefetch = 1; prefetch <= 2; prefetch++) {
+            int seen[N_SCENES] = {0};
+            for (int rank = 0; rank < 4; rank++) {
+                ms_loader_opts o;
+                ms_loader_opts_from_config(&o, &g_cfg, 0, rank, 4);
+                o.batch_size = 4, o.max_samples = 20, o.workers = workers, o.prefetch = prefetch;
+                ms_loader *L = open_loader(&o);
+                cr_assert_eq(ms_loader_steps_per_epoch(L), 2);
+                ms_batch *b;
+                ms_io_err err;
+                for (int s = 0; s < 2; s++) {
+                    cr_assert_eq(ms_loader_next(L, &b, &err), 1);
+                    int want = s == 0 || rank == 0 ? 4 : 0;
+                    cr_assert_eq(b->B, want, "workers %d prefetch %d rank %d step %d: %d images",
+                                 workers, prefetch, rank, s, b->B);
+                    for (int k = 0; k < b->B; k++) seen[b->sample[k]]++;
+                }
+                cr_assert_eq(ms_loader_next(L, &b, &err), 0);
+                ms_loader_close(L);
+            }
+            for (int i = 0; i < 20; i++)
+                cr_assert_eq(seen[i], 1, "workers %d: sample %d seen %d times", workers, i, seen[i]);
+        }
+}
+
+/* Many one-image batches with seeks, ends and closes at arbitrary points, for 1..4 workers and
+ * 1..3 buffers: every batch is the one its position names, the batch the consumer holds is
+ * never written under it, and close returns even while workers sleep on a full ring (the stop
+ * broadcast wakes them). A lost wake-up or a close that waits for a worker hangs here. */
+Test(loader, seeks_and_closes_between_many_tiny_batches, .timeout = 30) {
+    uint64_t r = 12345;
+#define NEXT_R() (r = r * 6364136223846793005ull + 1442695040888963407ull, (int)(r >> 33))
+    for (int round = 0; round < 48; round++) {
+        int train = round % 2;
+        ms_loader_opts o = opts(train, 1 + round / 2 % 4, 1 + round / 8 % 3, 1);
+        o.max_samples = 5 + NEXT_R() % 8;
+        o.epochs = train ? NEXT_R() % 3 : 1; /* 0: endless */
+        ms_loader *L = open_loader(&o);
+        int64_t spe = ms_loader_steps_per_epoch(L);
+        blob held = {0};
+        ms_batch *b = NULL;
+        for (int op = 0; op < 14; op++) {
+            if (held.p) { /* workers must not touch the buffer the consumer holds */
+                blob now = snapshot(b);
+                expect_same(&held, &now, "held batch", op);
+                free(now.p), free(held.p);
+                held.p = NULL, held.n = 0;
+            }
+            if (NEXT_R() % 5 == 0) {
+                ms_loader_pos to = {NEXT_R() % 3, NEXT_R() % spe};
+                ms_io_err err;
+                cr_assert_eq(ms_loader_seek(L, to, &err), 0, "%s", err.msg);
+                continue;
+            }
+            ms_loader_pos p = ms_loader_tell(L);
+            ms_io_err err;
+            int rc = ms_loader_next(L, &b, &err);
+            if (o.epochs && p.epoch >= o.epochs) {
+                cr_assert_eq(rc, 0, "round %d: batch past the last epoch", round);
+                continue;
+            }
+            cr_assert_eq(rc, 1, "round %d: %d %s", round, rc, rc < 0 ? err.msg : "");
+            cr_assert_eq(b->B, 1);
+            cr_assert_eq(b->sample[0], ms_loader_sample_at(L, p.epoch, p.step),
+                         "round %d: the batch at %lld/%lld holds the wrong sample", round,
+                         (long long)p.epoch, (long long)p.step);
+            held = snapshot(b);
+            if (NEXT_R() % 4 == 0) usleep(300); /* let the workers fill the ring */
+        }
+        free(held.p);
+        if (round % 3 == 0) usleep(1000); /* close with every worker asleep on a full ring */
+        ms_loader_close(L);
+    }
+#undef NEXT_R
 }
