@@ -42,6 +42,13 @@ typedef struct {
     const char *units;
 } ms_task_stats;
 
+/* Widens st's value range to include v (an empty range has lo > hi). */
+static inline void ms_task_stats_widen(ms_task_stats *st, double v) {
+    if (st->lo > st->hi) st->lo = st->hi = v;
+    else if (v < st->lo) st->lo = v;
+    else if (v > st->hi) st->hi = v;
+}
+
 /* Receives each unreadable file found by check(), with the codec's message. */
 typedef void (*ms_bad_file_fn)(void *ctx, const char *message);
 

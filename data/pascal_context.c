@@ -381,12 +381,6 @@ static int pc_read(ms_data *d, int64_t i, int train, uint64_t seed, int64_t epoc
 
 /* ---- data check ------------------------------------------------------------------------------ */
 
-static void widen(ms_task_stats *st, double v) {
-    if (st->lo > st->hi) st->lo = st->hi = v;
-    else if (v < st->lo) st->lo = v;
-    else if (v > st->hi) st->hi = v;
-}
-
 static int pc_check(ms_data *d, int64_t i, void *scratch, ms_task_stats *stats, ms_bad_file_fn bad,
                     void *ctx) {
     pc_data *pc = (pc_data *)d;
@@ -436,27 +430,27 @@ static int pc_check(ms_data *d, int64_t i, void *scratch, ms_task_stats *stats, 
             if (!(rc = ms_png_read(path, &lw, &s->im, &err)))
                 for (size_t p = 0; p < n0; p++) {
                     int v = ms_image_u8(&s->im)[p];
-                    if (k == P_SAL) widen(st, v > 127);
+                    if (k == P_SAL) ms_task_stats_widen(st, v > 127);
                     else if (v >= d->task[t]->channels) st->masked++;
-                    else widen(st, v);
+                    else ms_task_stats_widen(st, v);
                 }
         } else if (k == P_PARTS) {
             file_path(pc, i, F_PARTS, path, sizeof path);
             rc = parts_map(path, W0, H0, s, lab, &err);
             if (rc == 0) st->masked += (int64_t)n0;
-            for (size_t p = 0; rc > 0 && p < n0; p++) widen(st, lab[p]);
+            for (size_t p = 0; rc > 0 && p < n0; p++) ms_task_stats_widen(st, lab[p]);
             rc = rc < 0 ? rc : 0;
         } else if (k == P_NORMALS) {
             file_path(pc, i, F_NORMALS, path, sizeof path);
             if (!(rc = normals_map(path, W0, H0, s, src, lab, &err)))
                 for (size_t p = 0; p < n0; p++) {
                     if (!lab[p]) st->masked++;
-                    else for (int c = 0; c < 3; c++) widen(st, src[p * 3 + c]);
+                    else for (int c = 0; c < 3; c++) ms_task_stats_widen(st, src[p * 3 + c]);
                 }
         } else {
             uint8_t *tmp = ms_buf_get(&s->tmp, n0);
             ms_pascal_edges(s->lm.labels, H0, W0, lab, tmp);
-            for (size_t p = 0; p < n0; p++) widen(st, lab[p]);
+            for (size_t p = 0; p < n0; p++) ms_task_stats_widen(st, lab[p]);
         }
         if (rc) {
             bad(ctx, err.msg);

@@ -290,12 +290,6 @@ static int tx_read(ms_data *d, int64_t i, int train, uint64_t seed, int64_t epoc
 
 /* ---- data check ------------------------------------------------------------------------------ */
 
-static void widen(ms_task_stats *st, double v) {
-    if (st->lo > st->hi) st->lo = st->hi = v;
-    else if (v < st->lo) st->lo = v;
-    else if (v > st->hi) st->hi = v;
-}
-
 /* Physical value of pixel p of channel c (depth in metres, the rest as the units say). */
 static double physical(tx_kind kind, const ms_image *im, size_t p, int c, const float *mapped,
                        size_t stride) {
@@ -355,7 +349,7 @@ static int tx_check(ms_data *d, int64_t i, void *scratch, ms_task_stats *stats, 
                 st->unreadable++, n_bad++;
                 continue;
             }
-            for (int c = 0; c < def->channels; c++) widen(st, s->npy.data[c]);
+            for (int c = 0; c < def->channels; c++) ms_task_stats_widen(st, s->npy.data[c]);
             continue;
         }
         if (decode(path, tx->kind[t], W0, H0, s, &err)) {
@@ -368,7 +362,7 @@ static int tx_check(ms_data *d, int64_t i, void *scratch, ms_task_stats *stats, 
             for (size_t p = 0; p < n; p++) {
                 int v = ms_image_u8(&s->im)[p];
                 if (v == def->ignore_index || v >= def->channels) st->masked++;
-                else widen(st, v);
+                else ms_task_stats_widen(st, v);
             }
             continue;
         }
@@ -382,7 +376,7 @@ static int tx_check(ms_data *d, int64_t i, void *scratch, ms_task_stats *stats, 
                 st->masked++;
                 continue;
             }
-            for (int c = 0; c < C; c++) widen(st, physical(tx->kind[t], &s->im, p, c, mapped, n));
+            for (int c = 0; c < C; c++) ms_task_stats_widen(st, physical(tx->kind[t], &s->im, p, c, mapped, n));
         }
     }
     return n_bad;
