@@ -1,16 +1,13 @@
 /* The CUDA backend: context, memory, activation conversion and error reporting.
  *
- * Ops live by family in elementwise.cu, linear.cu and moe.cu; every kernel is launched through
- * MS_LAUNCH (launch.h) so tests/simt runs the same source on the CPU. Semantics are those of
- * kernels/backend.h and of the CPU backend (kernels/cpu), which the simt tests compare against.
- *
- * Remaining for part 2 (NULL in this backend's struct until written; model code must not be run
- * on it before then): drop_path, patchify, unpatchify, tokens_assemble(_bwd), tokens_slice(_bwd),
- * tokens_mean(_bwd), layernorm(_bwd), attention(_bwd), mq_attention(_bwd), noisy_logits(_bwd),
- * balance_loss(_bwd), router_task_bias(_bwd), loss_l1(_bwd), loss_mse(_bwd), loss_cosine(_bwd),
- * loss_ce(_bwd), loss_bce_balanced(_bwd), uncertainty_weighting, loss_weighted_sum,
- * l2_normalize(_bwd), conv2d(_bwd), batchnorm_train / _eval / _bwd, relu(_bwd),
- * upsample2x(_bwd), adamw, sumsq.
+ * Ops live by family: elementwise.cu (add, scale, GELU, softmax), linear.cu (dense and grouped
+ * expert GEMMs), moe.cu (routing, dispatch, combine, MI), moe_aux.cu (noisy gating, balance
+ * loss, shared-router task bias), trunk.cu (token plumbing, patches, LayerNorm), attention.cu,
+ * losses.cu, optim.cu (AdamW, sum of squares), conv.cu + dnn.cu (the conv head; cuDNN loaded at
+ * the first convolution). Every kernel is launched through MS_LAUNCH (launch.h) so tests/simt
+ * runs the same source on the CPU. Semantics are those of kernels/backend.h and of the CPU
+ * backend (kernels/cpu), which the simt tests compare against op by op and over a whole
+ * training step (tests/simt/test_cuda_step.c).
  *
  * Streams and host synchronisation. Every op is queued on one non-blocking stream and returns
  * without waiting, except where the host needs a result: download and download_act (the host
@@ -294,5 +291,11 @@ extern "C" ms_backend *ms_backend_cuda_create(int device, ms_dtype act_dtype, ch
     cuda_register_elementwise(be);
     cuda_register_linear(be);
     cuda_register_moe(be);
+    cuda_register_trunk(be);
+    cuda_register_attention(be);
+    cuda_register_moe_aux(be);
+    cuda_register_losses(be);
+    cuda_register_optim(be);
+    cuda_register_conv(be);
     return be;
 }

@@ -25,6 +25,7 @@ bool cuda_blas_load(char *err, size_t cap) {
     g_blas.set_math_mode = cublasSetMathMode;
     g_blas.status_string = cublasGetStatusString;
     g_blas.gemm_ex = cublasGemmEx;
+    g_blas.gemm_batched_ex = cublasGemmBatchedEx;
     return true;
 }
 
@@ -61,7 +62,8 @@ bool cuda_blas_load(char *err, size_t cap) {
         !resolve(lib, "cublasSetStream_v2", &api.set_stream, err, cap) ||
         !resolve(lib, "cublasSetMathMode", &api.set_math_mode, err, cap) ||
         !resolve(lib, "cublasGetStatusString", &api.status_string, err, cap) ||
-        !resolve(lib, "cublasGemmEx", &api.gemm_ex, err, cap))
+        !resolve(lib, "cublasGemmEx", &api.gemm_ex, err, cap) ||
+        !resolve(lib, "cublasGemmBatchedEx", &api.gemm_batched_ex, err, cap))
         return false;
     g_blas = api; /* the library stays loaded for the life of the process */
     return true;
@@ -81,4 +83,17 @@ void cuda_gemm(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K, 
     CUBLAS_CHECK(g_blas.gemm_ex(cuda_of(be)->blas, op_b, op_a, N, M, K, &alpha, B, b_type, ldb, A,
                                 a_type, lda, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT));
+}
+
+void cuda_gemm_ptr_batched(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K,
+                           float alpha, const void *const *A, cudaDataType a_type, int lda,
+                           const void *const *B, cudaDataType b_type, int ldb, float beta,
+                           void *const *C, cudaDataType c_type, int ldc, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    /* The operand swap of cuda_gemm, applied to every problem of the batch. */
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(g_blas.gemm_batched_ex(cuda_of(be)->blas, op_b, op_a, N, M, K, &alpha, B, b_type,
+                                        ldb, A, a_type, lda, &beta, C, c_type, ldc, batch,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }

@@ -60,6 +60,14 @@ struct cuda_blas_api {
                               cudaDataType Btype, int ldb, const void *beta, void *C,
                               cudaDataType Ctype, int ldc, cublasComputeType_t compute,
                               cublasGemmAlgo_t algo);
+    cublasStatus_t (*gemm_batched_ex)(cublasHandle_t handle, cublasOperation_t transa,
+                                      cublasOperation_t transb, int m, int n, int k,
+                                      const void *alpha, const void *const Aarray[],
+                                      cudaDataType Atype, int lda, const void *const Barray[],
+                                      cudaDataType Btype, int ldb, const void *beta,
+                                      void *const Carray[], cudaDataType Ctype, int ldc,
+                                      int batch, cublasComputeType_t compute,
+                                      cublasGemmAlgo_t algo);
 };
 extern cuda_blas_api g_blas;
 
@@ -75,6 +83,12 @@ enum cuda_scratch_slot {
     SCRATCH_STAGING = 0, /* fp32 staging of upload_act / download_act with bf16 activations */
     SCRATCH_WEIGHTS,     /* bf16 copy of an fp32 weight for a bf16 GEMM */
     SCRATCH_DISPATCH,    /* dispatch_plan's per-tile expert counts and error flag */
+    SCRATCH_SCORES,      /* fp32 attention scores / their gradients with bf16 activations */
+    SCRATCH_ATT_PTRS,    /* device pointer tables of attention's batched GEMMs */
+    SCRATCH_PARTIALS,    /* per-block double partial sums of LayerNorm's dgamma and dbeta */
+    SCRATCH_REDUCE,      /* per-block partials and results of the losses, sumsq, balance_loss */
+    SCRATCH_CUDNN,       /* cuDNN convolution workspace (dnn.cu) */
+    SCRATCH_CONV,        /* conv head: per-channel double partial sums, a bf16 filter gradient */
     SCRATCH_SLOTS
 };
 
@@ -99,6 +113,14 @@ void *cuda_scratch(ms_backend *be, cuda_scratch_slot slot, size_t bytes);
 void cuda_gemm(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                const void *A, cudaDataType a_type, int lda, const void *B, cudaDataType b_type,
                int ldb, float beta, void *C, cudaDataType c_type, int ldc);
+
+/* cuda_gemm over `batch` independent problems of one shape: problem i reads A[i], B[i] and
+ * writes C[i], where A, B, C are arrays of `batch` matrix pointers in DEVICE memory (one
+ * cublasGemmBatchedEx call, so operands need no common stride). */
+void cuda_gemm_ptr_batched(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K,
+                           float alpha, const void *const *A, cudaDataType a_type, int lda,
+                           const void *const *B, cudaDataType b_type, int ldb, float beta,
+                           void *const *C, cudaDataType c_type, int ldc, int batch);
 
 /* The cuBLAS type of the activations. */
 static inline cudaDataType cuda_act_type(const ms_backend *be) {
@@ -140,10 +162,30 @@ void cuda_colsum(ms_backend *be, float *out, const ms_act *x, const cuda_segment
 /* y[r, :] = b[s, :] for every row r of every segment s (seeds a GEMM with beta = 1). linear.cu */
 void cuda_fill_bias(ms_backend *be, ms_act *y, const float *b, const cuda_segments &seg, int O);
 
+/* ---- cuDNN convolutions (dnn.cu; cuDNN is loaded on first use) ------------------------------- */
+
+/* Stride 1, zero padding k/2, k odd, cross-correlation (PyTorch's Conv2d) over NCHW tensors of
+ * the activation type, fp32 sums, deterministic algorithms only: x[B, Ci, H, W],
+ * w[Co, Ci, k, k] (in the activation type too), y[B, Co, H, W].
+ *   fwd:    y = conv(x, w) + beta y           bwd_data: dx = conv^T(dy, w) (written)
+ *   bwd_filter: dw = sum over images and pixels of dy x-patches + beta dw */
+void cuda_conv_fwd(ms_backend *be, void *y, float beta, const void *x, const void *w, int B,
+                   int Ci, int H, int W, int Co, int k);
+void cuda_conv_bwd_data(ms_backend *be, void *dx, const void *dy, const void *w, int B, int Ci,
+                        int H, int W, int Co, int k);
+void cuda_conv_bwd_filter(ms_backend *be, void *dw, float beta, const void *dy, const void *x,
+                          int B, int Ci, int H, int W, int Co, int k);
+
 /* ---- per-family registration ----------------------------------------------------------------- */
 void cuda_register_elementwise(ms_backend *be); /* add, add_row, sum_rows, scale, gelu, softmax */
 void cuda_register_linear(ms_backend *be);      /* linear, expert_linear                        */
 void cuda_register_moe(ms_backend *be);         /* route, dispatch, combine, MI                 */
+void cuda_register_trunk(ms_backend *be);     /* drop_path, patchify, tokens_*, layernorm       */
+void cuda_register_attention(ms_backend *be); /* attention, mq_attention                        */
+void cuda_register_moe_aux(ms_backend *be);   /* noisy_logits, balance_loss, router_task_bias   */
+void cuda_register_losses(ms_backend *be);    /* task losses, task weighting, l2_normalize      */
+void cuda_register_optim(ms_backend *be);     /* adamw, sumsq                                   */
+void cuda_register_conv(ms_backend *be);      /* conv2d (cuDNN), batchnorm, relu, upsample2x    */
 
 /* ---- device helpers -------------------------------------------------------------------------- */
 
