@@ -137,7 +137,7 @@ static int list_folder(const char *dir, const char *ext, char ***names, int64_t 
         (*names)[(*n)++] = strndup(e->d_name, len - el - 1);
     }
     closedir(d);
-    qsort(*names, (size_t)*n, sizeof **names, cmp_str);
+    if (*n) qsort(*names, (size_t)*n, sizeof **names, cmp_str);
     return 0;
 }
 

@@ -30,7 +30,6 @@
 #include "npy.h"
 #include "taskonomy.h"
 
-#define DEPTH_INVALID 64500 /* depth samples at or above are not geometry */
 
 typedef enum {
     K_DEPTH,
@@ -137,7 +136,7 @@ static void map_dense(tx_kind kind, const ms_image *im, const void *raw, size_t 
         switch (kind) {
         case K_DEPTH:
             dense[p] = (float)(log1p((double)u16[p]) / log(65536.0));
-            ok = ok && u16[p] < DEPTH_INVALID;
+            ok = ok && u16[p] < MS_TX_DEPTH_INVALID;
             break;
         case K_NORMAL: {
             const uint8_t *x = u8 + 3 * p;
@@ -148,8 +147,8 @@ static void map_dense(tx_kind kind, const ms_image *im, const void *raw, size_t 
         }
         case K_CURVATURE: {
             const uint8_t *x = u8 + 3 * p;
-            dense[p] = (float)((x[0] - 123.572) / 31.922);
-            dense[stride + p] = (float)((x[1] - 120.1) / 21.658);
+            dense[p] = (float)((x[0] - ms_tx_curv_mean[0]) / ms_tx_curv_std[0]);
+            dense[stride + p] = (float)((x[1] - ms_tx_curv_mean[1]) / ms_tx_curv_std[1]);
             ok = ok && !(x[0] == 0 && x[1] == 0);
             break;
         }
@@ -247,7 +246,7 @@ static int tx_read(ms_data *d, int64_t i, int train, uint64_t seed, int64_t epoc
         mask_raw = ms_buf_get(&s->mask_raw, P * sizeof(uint16_t));
         ms_gather(s->im.data, W0, 1, 2, s->xi, s->yi, S, mask_raw);
         mask = ms_buf_get(&s->mask, P);
-        for (size_t p = 0; p < P; p++) mask[p] = mask_raw[p] >= DEPTH_INVALID;
+        for (size_t p = 0; p < P; p++) mask[p] = mask_raw[p] >= MS_TX_DEPTH_INVALID;
     }
 
     for (int t = 0; t < d->T; t++) {
@@ -329,7 +328,7 @@ static int tx_check(ms_data *d, int64_t i, void *scratch, ms_task_stats *stats, 
             n_bad++, mask_bad = 1;
         } else {
             mask = ms_buf_get(&s->mask, n);
-            for (size_t p = 0; p < n; p++) mask[p] = ms_image_u16(&s->im)[p] >= DEPTH_INVALID;
+            for (size_t p = 0; p < n; p++) mask[p] = ms_image_u16(&s->im)[p] >= MS_TX_DEPTH_INVALID;
         }
     }
     for (int t = 0; t < d->T; t++) {

@@ -25,6 +25,13 @@
 /* rgb, up to MS_MAX_TASKS tasks, and the two depth domains a mask may come from */
 #define MS_TX_MAX_DOMAINS (MS_MAX_TASKS + 3)
 
+/* Decoding constants of the published label files (DATASETS.md), shared by the loader and the
+ * prediction writer (cli/predictions.c), which must invert exactly what the loader reads. */
+#define MS_TX_DEPTH_INVALID 64500      /* depth samples at or above are not geometry */
+#define MS_TX_LN_2_16 11.090354888959125 /* ln(2^16): depth target = ln(1 + d) / ln(2^16) */
+static const double ms_tx_curv_mean[2] = {123.572, 120.1}; /* principal curvature k1, k2 */
+static const double ms_tx_curv_std[2] = {31.922, 21.658};
+
 typedef struct {
     const char *name; /* directory (and task) name */
     const char *file; /* the name after _domain_ in file names */
