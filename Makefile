@@ -1,5 +1,5 @@
 # modsquad build. `make` builds ./modsquad; `make test` builds and runs every test.
-# Variables: CUDA=0 (skip the CUDA backend), SIMT=0 (skip tests/simt), BUILD=dir (object
+# Variables: CUDA=0 (skip the CUDA backend), MPI=0 (build without MPI), SIMT=0 (skip tests/simt), BUILD=dir (object
 #            directory, default build), SETUP=0 (do not run scripts/setup.sh), SANITIZE=1 (ASan +
 #            UBSan), V=1 (verbose), FUZZ=0 (`make test` skips fuzzing), FUZZ_SECONDS=n (per
 #            harness, default 30).
@@ -12,6 +12,8 @@ endif
 BUILD ?= build
 CUDA ?= 1
 SETUP ?= 1
+# `make` alone builds the program: the stamp rules below would otherwise be the first target.
+.DEFAULT_GOAL := all
 
 # ---- system packages: installed by the project's own script, never by hand -------------------
 ifneq ($(SETUP),0)
@@ -66,6 +68,13 @@ $(info $(call found,$(HAVE_CUBLAS),cuBLAS))
 $(info $(call found,$(HAVE_CUDNN),cuDNN))
 $(info $(call found,$(HAVE_NCCL),NCCL))
 $(info $(call found,$(HAVE_MPI),MPI (mpicc)))
+ifeq ($(MPI),0)
+$(info → data parallel: MPI off (MPI=0))
+else ifeq ($(HAVE_MPI),)
+$(info → data parallel: MPI off (no mpicc; install openmpi-bin libopenmpi-dev))
+else
+$(info → data parallel: MPI on)
+endif
 ifeq ($(CUDA),0)
 $(info → CUDA backend: off (CUDA=0))
 else ifeq ($(NVCC),)
@@ -94,6 +103,9 @@ LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TEST_UTIL_OBJ := $(TEST_UTIL:%.c=$(BUILD)/%.o)
+# The program's own parts (cli/, without main) are linked into the tests too, so a test can call
+# what a command does (e.g. the prediction writer) instead of only running the binary.
+CLI_PART_OBJS := $(filter-out $(BUILD)/cli/main.o,$(CLI_OBJS))
 LIB := $(BUILD)/libmodsquad.a
 TEST_BIN := $(BUILD)/tests/run_tests
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/bin/%,$(TEST_SRCS))
@@ -133,6 +145,31 @@ $(BUILD)/%.o: %.cu
 	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@ 2> $(@:.o=.ptxas); rc=$$?; \
 	    grep -v -e '^ptxas info' -e 'bytes stack frame' $(@:.o=.ptxas) >&2; \
 	    test $$rc -eq 0 && bash scripts/check_ptxas.sh $(@:.o=.ptxas) $< || { rm -f $@; exit 1; }
+
+# ---- collectives between ranks (kernels/comm) --------------------------------------------------
+# comm.c, comm_env.c and comm_none.c always. comm_mpi.c when mpicc is found (MPI=0 leaves it
+# out), with mpicc's include and link flags for every program: MPI is initialised only in a run
+# started as several ranks, so linking it costs a single-process run nothing but the load.
+# Without MPI everything still builds and a run started as several ranks says what is missing.
+# comm_nccl.cu with the CUDA backend when nccl.h is found; libnccl is loaded with dlopen when a
+# run asks for NCCL (as cuBLAS is), so neither a CPU-only machine nor a test process needs it.
+MPI ?= 1
+MPI_ON := $(if $(and $(filter-out 0,$(MPI)),$(HAVE_MPI)),1)
+NCCL_ON := $(if $(and $(CUDA_ON),$(HAVE_NCCL)),1)
+COMM_SRCS := kernels/comm/comm.c kernels/comm/comm_env.c kernels/comm/comm_none.c \
+    $(if $(MPI_ON),kernels/comm/comm_mpi.c)
+COMM_OBJS := $(COMM_SRCS:%.c=$(BUILD)/%.o) $(if $(NCCL_ON),$(BUILD)/kernels/comm/comm_nccl.o)
+MPI_CFLAGS := $(if $(MPI_ON),$(shell mpicc --showme:compile))
+LDLIBS += $(if $(MPI_ON),$(shell mpicc --showme:link))
+COMM_STAMP := $(BUILD)/.comm-mpi$(MPI_ON)-nccl$(NCCL_ON)-cuda$(CUDA_ON)
+$(COMM_STAMP):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.comm-* && touch $@
+$(COMM_SRCS:%.c=$(BUILD)/%.o): $(COMM_STAMP)
+$(COMM_SRCS:%.c=$(BUILD)/%.o): CFLAGS += $(MPI_CFLAGS) $(if $(MPI_ON),-DMS_HAVE_MPI) \
+    $(if $(NCCL_ON),-DMS_HAVE_NCCL) $(if $(CUDA_ON),-DMS_HAVE_CUDA)
+# tests/cli/test_mpi.c skips its mpirun tests in a build without MPI.
+$(BUILD)/tests/cli/test_mpi.o: $(COMM_STAMP)
+$(BUILD)/tests/cli/test_mpi.o: CFLAGS += $(if $(MPI_ON),-DMS_HAVE_MPI)
 
 # ---- tests/simt: the CUDA sources executed on the CPU ------------------------------------------
 # The same kernels/cuda/*.cu compiled by the host C++ compiler against the emulator's shim
@@ -189,7 +226,7 @@ $(BIN): $(CLI_OBJS) $(LIB)
 	@echo "LINK $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(LIB) $(LDLIBS)
 
-$(LIB): $(LIB_OBJS) $(CUDA_OBJS)
+$(LIB): $(LIB_OBJS) $(CUDA_OBJS) $(COMM_OBJS)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/%.o: %.c
@@ -200,15 +237,16 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/%.o: CFLAGS += $(shell pkg-config --cflags criterion)
 
 # One binary with every test (what `make test` runs) ...
-$(TEST_BIN): $(TEST_OBJS) $(TEST_UTIL_OBJ) $(LIB)
+$(TEST_BIN): $(TEST_OBJS) $(TEST_UTIL_OBJ) $(CLI_PART_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "LINK $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(TEST_UTIL_OBJ) $(LIB) -lcriterion $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(TEST_UTIL_OBJ) $(CLI_PART_OBJS) $(LIB) -lcriterion \
+	    $(LDLIBS)
 
 # ... and one per test file, for working on one part: make build/tests/bin/ops/test_moe
-$(BUILD)/tests/bin/%: $(BUILD)/tests/%.o $(TEST_UTIL_OBJ) $(LIB)
+$(BUILD)/tests/bin/%: $(BUILD)/tests/%.o $(TEST_UTIL_OBJ) $(CLI_PART_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(TEST_UTIL_OBJ) $(LIB) -lcriterion $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(TEST_UTIL_OBJ) $(CLI_PART_OBJS) $(LIB) -lcriterion $(LDLIBS)
 
 tests: $(BIN) $(TEST_BIN) $(SIMT_BINS)
 
@@ -307,7 +345,7 @@ clean:
 help:
 	@sed -n '1,5p' Makefile
 
--include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(TEST_UTIL_OBJ:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(COMM_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(TEST_UTIL_OBJ:.o=.d)
 -include $(FUZZ_LIB_OBJS:.o=.d) $(FUZZ_BINS:%=%.d)
 -include $(CUDA_OBJS:.o=.d) $(SIMT_CUDA_OBJS:.o=.d) $(SIMT_RT_OBJS:.o=.d) $(SIMT_TEST_OBJS:.o=.d)
 -include $(SIMT_DIR)/tests/simt/faults.d

@@ -1,9 +1,11 @@
-/* modsquad eval --checkpoint P [--split NAME] [--out FILE] [--baseline FILE] [--set k=v ...]
+/* modsquad eval --checkpoint P [--split NAME] [--out FILE] [--baseline FILE]
+ *               [--save-predictions DIR] [--set k=v ...]
  * modsquad eval --config CONFIG ...   (the freshly initialised model: the reference "before")
  *
  * Evaluates a checkpoint on a split with the metrics of DATASETS.md (the dataset of the config
  * stored in the checkpoint), prints a table, writes the metrics as JSON, the task x expert usage
- * of every MoE layer as CSV and as a PNG heatmap, and Delta_m against a baseline metrics file. */
+ * of every MoE layer as CSV and as a PNG heatmap, Delta_m against a baseline metrics file, and
+ * optionally every prediction in the dataset's own file formats (predictions.h). */
 #include <getopt.h>
 #include <libgen.h>
 #include <math.h>
@@ -16,6 +18,7 @@
 #include "../model/safetensors.h"
 #include "../model/tasks.h"
 #include "commands.h"
+#include "predictions.h"
 #include "run.h"
 
 #define MAX_SETS 64
@@ -23,7 +26,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "Usage: modsquad eval --checkpoint PATH [--split NAME] [--out FILE] [--baseline FILE]\n"
-            "                     [--set key=value ...]\n"
+            "                     [--save-predictions DIR] [--set key=value ...]\n"
             "       modsquad eval --config CONFIG [same options]\n\n"
             "Evaluates a checkpoint (its config is stored in it) on a split of its dataset, or\n"
             "with --config the model of CONFIG as initialised from run.seed (before training).\n\n"
@@ -36,6 +39,10 @@ static void usage(FILE *f) {
             "                         directory with --config); usage CSV and PNG go beside it\n"
             "  -b, --baseline FILE    a metrics JSON of the reference (e.g. single-task runs):\n"
             "                         prints Delta_m of this model against it\n"
+            "  -p, --save-predictions DIR\n"
+            "                         write every prediction as the file the dataset holds for\n"
+            "                         that sample (DIR/TASK/..., encodings in DIR/README.txt and\n"
+            "                         docs/datasets.md), at the evaluated size\n"
             "  -s, --set KEY=VALUE    override a key of the stored config (e.g. data.root)\n"
             "  -h, --help             show this help\n");
 }
@@ -94,20 +101,23 @@ int cmd_eval(int argc, char **argv) {
                                          {"split", required_argument, 0, 'S'},
                                          {"out", required_argument, 0, 'o'},
                                          {"baseline", required_argument, 0, 'b'},
+                                         {"save-predictions", required_argument, 0, 'p'},
                                          {"set", required_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *ckpt = NULL, *config = NULL, *split = NULL, *out = NULL, *baseline = NULL;
+    const char *save_dir = NULL;
     const char *sets[MAX_SETS];
     int n_sets = 0, c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "c:C:S:o:b:s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:C:S:o:b:p:s:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': ckpt = optarg; break;
         case 'C': config = optarg; break;
         case 'S': split = optarg; break;
         case 'o': out = optarg; break;
         case 'b': baseline = optarg; break;
+        case 'p': save_dir = optarg; break;
         case 's':
             if (n_sets == MAX_SETS) return ms_usage_error("eval", "at most %d --set options", MAX_SETS);
             sets[n_sets++] = optarg;
@@ -150,6 +160,7 @@ int cmd_eval(int argc, char **argv) {
     ms_data *d = NULL;
     float *host = NULL;
     ms_usage u = {0};
+    ms_pred_writer *saver = NULL;
     if (!be) goto out;
     int B = cfg.eval.batch_size;
     m = ms_model_create(&cfg, be, &(ms_model_opts){.batch = B});
@@ -175,8 +186,18 @@ int cmd_eval(int argc, char **argv) {
     ms_usage_init(&u, m, T);
     printf("modsquad eval %s (step %s) on %s/%s: %lld images\n", ckpt ? ckpt : config, step ? step : "?",
            cfg.data.root, split, (long long)(cfg.eval.max_images > 0 && cfg.eval.max_images < d->n ? cfg.eval.max_images : d->n));
-    if (ms_cli_evaluate(m, be, B, d, &cfg, cfg.eval.max_images, res, &u, NULL)) goto out;
+    ms_pred_sink sink = {0};
+    if (save_dir) {
+        if (!(saver = ms_pred_writer_open(save_dir, &cfg, d))) goto out;
+        sink = ms_pred_writer_sink(saver);
+    }
+    if (ms_cli_evaluate(m, be, B, d, &cfg, cfg.eval.max_images, res, &u, NULL,
+                        saver ? &sink : NULL))
+        goto out;
     ms_cli_print_metrics(&cfg, res);
+    if (saver)
+        printf("predictions: %s (%lld files, encodings in %s/README.txt)\n", save_dir,
+               (long long)ms_pred_writer_files(saver), save_dir);
 
     char json[4200];
     if (out) {
@@ -220,6 +241,7 @@ int cmd_eval(int argc, char **argv) {
     }
     rc = 0;
 out:
+    ms_pred_writer_close(saver);
     ms_usage_free(&u);
     ms_data_close(d);
     free(host);

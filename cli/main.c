@@ -1,6 +1,5 @@
 /* modsquad: dispatches `modsquad <command> [options]` to cli/<command>.c. */
 #include <getopt.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@ typedef struct {
 static const command commands[] = {
     {"train", cmd_train, "train a model from a config (train CONFIG [--set k=v] [--resume auto|PATH])"},
     {"eval", cmd_eval, "evaluate a checkpoint: metrics, Delta_m, expert usage (eval --checkpoint P)"},
+    {"extract", cmd_extract, "take one task's model out of a checkpoint (extract --task NAME --checkpoint P --out Q)"},
     {"config", cmd_config, "show the resolved configuration (config show FILE) or every key (config keys)"},
     {"info", cmd_info, "parameters, FLOPs per image and the memory plan of a config's model"},
     {"data", cmd_data, "check a dataset before training (data check FILE) or time the loader (data bench FILE)"},
@@ -38,17 +38,6 @@ static void print_help(FILE *f) {
             "  -h, --help     show this help\n"
             "  -V, --version  show the version\n\n"
             "Run 'modsquad <command> --help' for a command's options.\n");
-}
-
-int ms_usage_error(const char *cmd, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "modsquad%s%s: ", cmd ? " " : "", cmd ? cmd : "");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    fprintf(stderr, "Try 'modsquad%s%s --help'.\n", cmd ? " " : "", cmd ? cmd : "");
-    return MS_EXIT_USAGE;
 }
 
 /* The OpenMP runtime reads OMP_WAIT_POLICY when it loads, before main. Its default lets idle

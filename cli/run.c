@@ -33,11 +33,15 @@ int ms_cli_load_config_text(ms_config *cfg, const char *name, const char *text, 
 }
 
 ms_backend *ms_cli_open_backend(const ms_config *cfg) {
+    return ms_cli_open_backend_on(cfg, cfg->run.device, cfg->run.threads);
+}
+
+ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int threads) {
     char err[512];
     int bf16 = cfg->train.precision == MS_PRECISION_BF16;
-    ms_backend *be = ms_backend_create(cfg->run.device, cfg->run.threads, bf16, err, sizeof err);
+    ms_backend *be = ms_backend_create(device, threads, bf16, err, sizeof err);
     if (!be) {
-        fprintf(stderr, "modsquad: error: run.device '%s': %s\n", cfg->run.device, err);
+        fprintf(stderr, "modsquad: error: run.device '%s': %s\n", device, err);
         return NULL;
     }
     int missing = ms_backend_missing_ops(be);
@@ -47,12 +51,12 @@ ms_backend *ms_cli_open_backend(const ms_config *cfg) {
         be->destroy(be);
         if (strcmp(cfg->run.device, "auto") == 0 && !bf16) {
             ms_warn("the CUDA backend of this build lacks %d ops; running on the CPU", missing);
-            return ms_backend_create("cpu", cfg->run.threads, 0, err, sizeof err);
+            return ms_backend_create("cpu", threads, 0, err, sizeof err);
         }
         fprintf(stderr,
                 "modsquad: error: run.device '%s': the CUDA backend of this build does not yet "
                 "implement %d of the ops a run needs; use run.device: cpu\n",
-                cfg->run.device, missing);
+                device, missing);
         return NULL;
     }
     return be;
@@ -135,10 +139,44 @@ static void copy_slot(ms_batch *dst, int to, const ms_batch *src, int from, cons
 
 int ms_cli_evaluate(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_config *cfg,
                     int64_t max_images, ms_metric_result *results, ms_usage *usage,
-                    double *mean_loss) {
+                    double *mean_loss, const ms_pred_sink *sink) {
+    return ms_cli_evaluate_dist(m, be, B, d, cfg, max_images, results, usage, mean_loss, sink,
+                                NULL);
+}
+
+/* A collective of the evaluation; a failed one (a rank stopped or hangs) stops every rank. */
+static void eval_reduce(ms_world *w, void *x, size_t n, ms_comm_dtype t, ms_comm_op op) {
+    if (ms_world_allreduce(w, x, n, t, op, "the all-reduce of the evaluation's metrics"))
+        ms_world_abort(w, 1);
+}
+
+/* Sums every rank's accumulators, expert selections and losses, so that each rank holds the
+ * metrics of the whole split. The accumulators only ever add up (model/metrics.h): their
+ * counts merge exactly, their double sums to rounding. */
+static void reduce_evaluation(ms_world *w, int T, ms_metric_acc *const *acc, ms_usage *usage,
+                              double *loss_sum, int64_t *batches) {
+    for (int t = 0; t < T; t++) {
+        size_t n;
+        double *sums = ms_metric_sums(acc[t], &n);
+        eval_reduce(w, sums, n, MS_COMM_F64, MS_COMM_SUM);
+        int64_t *counts = ms_metric_counts(acc[t], &n);
+        eval_reduce(w, counts, n, MS_COMM_I64, MS_COMM_SUM);
+    }
+    if (usage)
+        eval_reduce(w, usage->counts, (size_t)(usage->layers ? usage->layers : 1) * usage->T *
+                                          (usage->maxE ? usage->maxE : 1),
+                    MS_COMM_I64, MS_COMM_SUM);
+    eval_reduce(w, loss_sum, (size_t)T, MS_COMM_F64, MS_COMM_SUM);
+    eval_reduce(w, batches, 1, MS_COMM_I64, MS_COMM_SUM);
+}
+
+int ms_cli_evaluate_dist(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_config *cfg,
+                         int64_t max_images, ms_metric_result *results, ms_usage *usage,
+                         double *mean_loss, const ms_pred_sink *sink, ms_world *world) {
     const int T = cfg->data.tasks.n;
+    const int ranks = world ? world->size : 1;
     ms_loader_opts o;
-    ms_loader_opts_from_config(&o, cfg, 0, 0, 1);
+    ms_loader_opts_from_config(&o, cfg, 0, world ? world->rank : 0, ranks);
     ms_metric_options mopt = ms_metric_options_default();
     ms_metric_acc *acc[MS_MAX_TASKS];
     const ms_task_def *def[MS_MAX_TASKS];
@@ -157,18 +195,37 @@ int ms_cli_evaluate(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_con
     double loss_sum[MS_MAX_TASKS] = {0};
     int64_t batches = 0;
     if (ms_loader_open(&L, d, cfg, &o, &err)) {
+        /* Every rank sees the same split and options, so every rank fails here alike. */
         fprintf(stderr, "modsquad: error: %s\n", err.msg);
         goto out;
     }
-    ms_batch *b;
-    ms_batch padded = {0};
-    int got;
-    while ((got = ms_loader_next(L, &b, &err)) == 1) {
-        int n = b->B;
+    ms_batch padded = {0}, blank = {0};
+    int failed = 0;
+    /* Every rank takes the same number of batches (the loader's contract); with several ranks
+     * each runs one forward per global batch even when its share is empty or it has failed,
+     * because the forward meets the other ranks in the MI-statistics all-reduce. */
+    const int64_t steps = ms_loader_steps_per_epoch(L);
+    for (int64_t s = 0; s < steps && !(failed && ranks == 1); s++) {
+        ms_batch *b = NULL;
+        int n = 0;
+        if (!failed) {
+            int got = ms_loader_next(L, &b, &err);
+            if (got < 0) {
+                fprintf(stderr, "modsquad: error: %s\n", err.msg);
+                failed = 1;
+            } else if (got == 1) {
+                n = b->B;
+            }
+        }
+        if (n == 0) {
+            if (ranks == 1) continue;
+            if (!blank.images) ms_batch_alloc(&blank, cfg, B, d->size, d->size);
+            ms_model_forward(m, &blank, 0, 0); /* zeros, not scored */
+            continue;
+        }
         const ms_batch *in = b;
         if (n < B) {
             /* A short last batch: repeat its last image; only the first n are scored. */
-            if (n == 0) continue;
             if (!padded.images) ms_batch_alloc(&padded, cfg, B, b->H, b->W);
             for (int i = 0; i < B; i++) copy_slot(&padded, i, b, i < n ? i : n - 1, cfg);
             in = &padded;
@@ -179,7 +236,7 @@ int ms_cli_evaluate(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_con
         for (int t = 0; t < T; t++) loss_sum[t] += l.task[t];
         batches++;
         if (usage) usage_add(usage, m);
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < T && !failed; t++) {
             size_t per = def[t]->classification ? (size_t)def[t]->channels
                                                 : (size_t)def[t]->channels * in->H * in->W;
             size_t need = per * B;
@@ -190,16 +247,22 @@ int ms_cli_evaluate(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_con
             }
             be->download_act(be, pred, ms_model_prediction(m, t), need);
             ms_metric_update(acc[t], pred, &in->target[t], n, in->H, in->W);
+            if (sink && sink->fn(sink->ctx, t, pred, in, n)) failed = 1;
         }
-    }
-    if (got < 0) {
-        fprintf(stderr, "modsquad: error: %s\n", err.msg);
-        ms_loader_close(L);
-        if (padded.images) ms_batch_free(&padded);
-        goto out;
     }
     ms_loader_close(L);
     if (padded.images) ms_batch_free(&padded);
+    if (blank.images) ms_batch_free(&blank);
+    if (ranks > 1) {
+        int64_t any = failed;
+        eval_reduce(world, &any, 1, MS_COMM_I64, MS_COMM_MAX);
+        if (any && !failed)
+            fprintf(stderr, "modsquad: error: rank %d of %d: the evaluation failed on another rank "
+                            "(its message says why)\n", world->rank, ranks);
+        failed = (int)any;
+    }
+    if (failed) goto out;
+    if (ranks > 1) reduce_evaluation(world, T, acc, usage, loss_sum, &batches);
     for (int t = 0; t < T; t++) {
         ms_metric_result_get(acc[t], &results[t]);
         if (mean_loss) mean_loss[t] = batches ? loss_sum[t] / (double)batches : NAN;

@@ -7,7 +7,15 @@
  * non-finite losses or gradients skip the step, and train.max_bad_steps of them in a row stop
  * the run (the last good checkpoint stays). On the CPU a resumed run is bit-identical to one
  * that never stopped: everything random is keyed by (seed, step), the loader position, the
- * optimizer moments and the BatchNorm statistics are all in the checkpoint. */
+ * optimizer moments and the BatchNorm statistics are all in the checkpoint.
+ *
+ * Data parallelism (docs/parallel.md): started as several ranks (mpirun, srun), each rank runs
+ * train.batch_size / ranks images of every global batch; the MI statistics are summed over the
+ * ranks inside the forward (model hook), the gradients averaged in a few large buckets after the
+ * backward, the BatchNorm running statistics averaged and the losses reduced with one small
+ * collective per step, which also carries the stop signals so that every rank checkpoints at
+ * the same step. Only rank 0 writes the log, config.yaml and the checkpoints; every rank
+ * resumes from the one checkpoint rank 0 picks. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -18,6 +26,7 @@
 #include <unistd.h>
 
 #include "../data/loader.h"
+#include "../kernels/comm/comm.h"
 #include "../kernels/util.h"
 #include "../model/checkpoint.h"
 #include "../model/optim.h"
@@ -41,10 +50,15 @@ static void usage(FILE *f) {
             "                       of a ckpt-STEP.safetensors to continue from\n"
             "      --stop-at STEP   stop after STEP steps (of the full schedule) with a checkpoint,\n"
             "                       e.g. to split a run over scheduler jobs; resume to continue\n"
+            "      --comm-timeout S with several ranks: the longest any rank waits for the others\n"
+            "                       in a collective before every rank stops (default: the\n"
+            "                       MODSQUAD_COMM_TIMEOUT environment variable, else %.0f s)\n"
             "  -h, --help           show this help\n\n"
+            "Data parallel: start several ranks with mpirun or srun (docs/parallel.md);\n"
+            "train.batch_size is the global batch, split evenly over the ranks.\n\n"
             "Exit status: 0 done, 1 error, 2 usage error, %d stopped by a signal after writing a\n"
             "checkpoint (requeue and run the same command with --resume auto).\n",
-            MS_EXIT_REQUEUE);
+            MS_COMM_TIMEOUT_DEFAULT, MS_EXIT_REQUEUE);
 }
 
 /* Finds out before training whether the run directory takes files. */
@@ -67,20 +81,81 @@ typedef struct {
     ms_optim opt;
     ms_data *train, *val;
     ms_loader *loader;
-    int B;                      /* images per micro-batch */
+    ms_world *world;            /* the ranks (a world of one without data parallelism) */
+    int B;                      /* images per micro-batch on this rank */
     long steps, warmup, step;   /* total optimizer steps, warmup steps, next step */
     int64_t steps_per_epoch;
     int bad_steps;              /* non-finite steps in a row */
     float *host_params, *host_m, *host_v; /* checkpoint staging [pt->total] */
+    /* The step's collective: task losses [T], total, MI, stop requests, then the BatchNorm
+     * running statistics [n_bn]; summed over the ranks. [T + 3 + n_bn] */
+    double *step_sums;
+    size_t n_bn;                /* floats of BatchNorm running statistics */
+    float *host_bn;             /* [n_bn] their host copy */
+    int stop_agreed;            /* some rank received a stop signal (several ranks) */
 } trainer;
 
-static int save_checkpoint(trainer *tr, ms_runlog *log) {
+static int is_root(const trainer *tr) { return tr->world->rank == 0; }
+
+/* A collective of the training loop. One that fails has printed why (a rank stopped or hangs);
+ * every rank is then stopped, since the others would wait on it. */
+static void reduce(trainer *tr, void *x, size_t n, ms_comm_dtype t, ms_comm_op op,
+                   const char *what) {
+    if (ms_world_allreduce(tr->world, x, n, t, op, what)) ms_world_abort(tr->world, 1);
+}
+
+/* Every rank's status after a phase that can fail on some ranks only (rc 0 or not): 1 when any
+ * rank failed, on every rank, so that every rank leaves by the same path. Rank 0 says so when
+ * only others failed. */
+static int agree(trainer *tr, int rc) {
+    if (tr->world->size == 1) return rc != 0;
+    int64_t worst = rc != 0;
+    reduce(tr, &worst, 1, MS_COMM_I64, MS_COMM_MAX, "the all-reduce of the ranks' status");
+    if (worst && !rc && is_root(tr))
+        fprintf(stderr,
+                "modsquad: error: another rank failed (its message above says why); stopping\n");
+    return (int)worst;
+}
+
+/* The run log lives on rank 0; the other ranks pass NULL. */
+static void log_event(ms_runlog *log, long step, const char *kind, const char *msg) {
+    if (log) ms_runlog_event(log, step, kind, msg);
+}
+static void log_break(ms_runlog *log) {
+    if (log) ms_runlog_break(log);
+}
+
+/* A hash of this rank's weights, optimizer moments and step, downloaded into the staging
+ * buffers: equal on every rank while the replicas agree. */
+static uint64_t state_hash(trainer *tr) {
     const ms_param_table *pt = ms_model_params(tr->model);
-    ms_backend *be = tr->be;
     size_t bytes = pt->total * sizeof(float);
-    be->download(be, tr->host_params, ms_model_param_data(tr->model), bytes);
-    be->download(be, tr->host_m, tr->opt.m, bytes);
-    be->download(be, tr->host_v, tr->opt.v, bytes);
+    tr->be->download(tr->be, tr->host_params, ms_model_param_data(tr->model), bytes);
+    tr->be->download(tr->be, tr->host_m, tr->opt.m, bytes);
+    tr->be->download(tr->be, tr->host_v, tr->opt.v, bytes);
+    uint64_t h = ms_comm_hash(tr->host_params, bytes, MS_COMM_HASH_SEED);
+    h = ms_comm_hash(tr->host_m, bytes, h);
+    h = ms_comm_hash(tr->host_v, bytes, h);
+    return ms_comm_hash(&tr->step, sizeof tr->step, h);
+}
+
+/* Fails (on every rank) when the ranks' replicas differ: a bug or a rank that resumed from
+ * another checkpoint, which must not be saved as if it were the run. */
+static int check_replicas(trainer *tr, const char *when) {
+    if (tr->world->size == 1) return 0;
+    int same = ms_world_same(tr->world, state_hash(tr), "the comparison of the replicas");
+    if (same < 0) ms_world_abort(tr->world, 1);
+    if (!same && is_root(tr))
+        fprintf(stderr, "modsquad: error: %s at step %ld the %d ranks hold different weights or "
+                        "optimizer states; refusing to go on (a rank resumed from another "
+                        "checkpoint, or a bug: please report it)\n",
+                when, tr->step, tr->world->size);
+    return same ? 0 : -1;
+}
+
+/* Writes the checkpoint pair from the staging buffers (already downloaded). */
+static int save_checkpoint_here(trainer *tr, ms_runlog *log) {
+    const ms_param_table *pt = ms_model_params(tr->model);
     ms_cli_meta meta;
     ms_cli_meta_make(&meta, &tr->cfg, tr->step);
     ms_loader_pos pos = ms_loader_tell(tr->loader);
@@ -108,6 +183,21 @@ static int save_checkpoint(trainer *tr, ms_runlog *log) {
     snprintf(msg, sizeof msg, "step %ld", tr->step);
     ms_runlog_event(log, tr->step, "checkpoint", msg);
     return 0;
+}
+
+/* Rank 0 writes; every rank returns its status. */
+static int save_checkpoint(trainer *tr, ms_runlog *log) {
+    if (tr->world->size > 1) {
+        if (check_replicas(tr, "before the checkpoint")) return -1;
+        return agree(tr, is_root(tr) ? save_checkpoint_here(tr, log) : 0);
+    }
+    const ms_param_table *pt = ms_model_params(tr->model);
+    ms_backend *be = tr->be;
+    size_t bytes = pt->total * sizeof(float);
+    be->download(be, tr->host_params, ms_model_param_data(tr->model), bytes);
+    be->download(be, tr->host_m, tr->opt.m, bytes);
+    be->download(be, tr->host_v, tr->opt.v, bytes);
+    return save_checkpoint_here(tr, log);
 }
 
 static long meta_long(const ms_st_file *f, const char *key, const char *path, int *bad) {
@@ -175,6 +265,7 @@ static int resume_from(trainer *tr, const char *wpath) {
 
 static void print_summary(trainer *tr) {
     const ms_config *c = &tr->cfg;
+    const int ranks = tr->world->size;
     ms_param_counts pc;
     ms_model_param_counts(tr->model, &pc);
     ms_memory_plan mp = ms_model_memory(tr->model);
@@ -182,7 +273,11 @@ static void print_summary(trainer *tr) {
     for (int t = 0; t < c->data.tasks.n; t++) flops += ms_model_flops(tr->model, t);
     printf("modsquad train %s\n", tr->config_path);
     printf("  run dir    %s (resolved config in config.yaml, log in log.jsonl)\n", tr->run_dir);
-    printf("  device     %s, %d threads\n", tr->be->name, tr->be->threads);
+    printf("  device     %s, %d threads%s\n", tr->be->name, tr->be->threads, ranks > 1 ? " per rank" : "");
+    if (ranks > 1)
+        printf("  ranks      %d (%s): %d of each global batch's %d images per rank, "
+               "collective timeout %.0f s\n",
+               ranks, tr->world->name, tr->B, tr->B * ranks, tr->world->timeout_s);
     printf("  data       %s at %s: %s %lld samples, %s %lld samples\n",
            ms_dataset_names[c->data.dataset], c->data.root, c->data.train_split,
            (long long)tr->train->n, c->data.val_split, (long long)(tr->val ? tr->val->n : 0));
@@ -192,12 +287,14 @@ static void print_summary(trainer *tr) {
     printf("  model      %s: %.3fM parameters (backbone %.3fM, heads %.3fM)\n",
            ms_arch_names[c->model.arch], pc.total / 1e6, pc.backbone / 1e6, pc.heads / 1e6);
     printf("  compute    %.3f GFLOP forward per step (%d images x %d tasks), ~3x that with backward\n",
-           flops * tr->B * c->train.accum_steps / 1e9, tr->B * c->train.accum_steps, c->data.tasks.n);
-    printf("  memory     params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB: %.1f MB\n",
-           mp.params / 1e6, mp.grads / 1e6, mp.optimizer / 1e6, mp.activations / 1e6, mp.total / 1e6);
+           flops * tr->B * ranks * c->train.accum_steps / 1e9, tr->B * ranks * c->train.accum_steps,
+           c->data.tasks.n);
+    printf("  memory     params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB: %.1f MB%s\n",
+           mp.params / 1e6, mp.grads / 1e6, mp.optimizer / 1e6, mp.activations / 1e6, mp.total / 1e6,
+           ranks > 1 ? " per rank" : "");
     printf("  schedule   %ld steps (%lld per epoch), warmup %ld, lr %.3g -> %.3g, batch %d x accum %d\n",
-           tr->steps, (long long)tr->steps_per_epoch, tr->warmup, c->train.lr, c->train.min_lr, tr->B,
-           c->train.accum_steps);
+           tr->steps, (long long)tr->steps_per_epoch, tr->warmup, c->train.lr, c->train.min_lr,
+           tr->B * ranks, c->train.accum_steps);
     fflush(stdout);
 }
 
@@ -205,8 +302,10 @@ static int evaluate_and_log(trainer *tr, ms_runlog *log) {
     if (!tr->val) return 0;
     const ms_config *c = &tr->cfg;
     ms_metric_result res[MS_MAX_TASKS];
-    if (ms_cli_evaluate(tr->model, tr->be, tr->B, tr->val, c, c->eval.max_images, res, NULL, NULL))
+    if (ms_cli_evaluate_dist(tr->model, tr->be, tr->B, tr->val, c, c->eval.max_images, res, NULL,
+                             NULL, NULL, tr->world))
         return -1;
+    if (!log) return 0;
     const char *names[MS_MAX_TASKS];
     for (int t = 0; t < c->data.tasks.n; t++) names[t] = c->data.tasks.name[t];
     static char json[1 << 16];
@@ -220,10 +319,39 @@ static int evaluate_and_log(trainer *tr, ms_runlog *log) {
     return 0;
 }
 
+/* The BatchNorm running statistics: each rank's forwards updated its own copy from its own
+ * images; their mean over the ranks (summed in tr->step_sums) becomes every rank's copy, so the
+ * replicas and the checkpoint agree. For the running mean that is exactly the statistic of the
+ * global batch; for the running variance it leaves out the spread between the ranks' means. */
+static void gather_bn(trainer *tr, double *out) {
+    const ms_param_table *pt = ms_model_params(tr->model);
+    const float *params = ms_model_param_data(tr->model);
+    size_t k = 0;
+    for (int i = 0; i < pt->n; i++) {
+        if (!pt->t[i].buffer) continue;
+        tr->be->download(tr->be, tr->host_bn + k, params + pt->t[i].offset, pt->t[i].numel * sizeof(float));
+        k += pt->t[i].numel;
+    }
+    for (size_t j = 0; j < tr->n_bn; j++) out[j] = tr->host_bn[j];
+}
+
+static void scatter_bn(trainer *tr, const double *sums) {
+    const ms_param_table *pt = ms_model_params(tr->model);
+    float *params = ms_model_param_data(tr->model);
+    for (size_t j = 0; j < tr->n_bn; j++) tr->host_bn[j] = (float)(sums[j] / tr->world->size);
+    size_t k = 0;
+    for (int i = 0; i < pt->n; i++) {
+        if (!pt->t[i].buffer) continue;
+        tr->be->upload(tr->be, params + pt->t[i].offset, tr->host_bn + k, pt->t[i].numel * sizeof(float));
+        k += pt->t[i].numel;
+    }
+}
+
 /* One optimizer step; returns 0, or 1 when it was skipped as non-finite. */
 static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc) {
     const ms_config *c = &tr->cfg;
     const int T = c->data.tasks.n;
+    const int ranks = tr->world->size;
     ms_backend *be = tr->be;
     double t0 = ms_now();
     ms_model_zero_grads(tr->model);
@@ -232,7 +360,10 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
         ms_io_err err = {0};
         int got = ms_loader_next(tr->loader, batch_io, &err);
         if (got != 1) {
-            fprintf(stderr, "modsquad: error: %s\n", got < 0 ? err.msg : "the training data ended");
+            fprintf(stderr, "modsquad: error: %s%s\n", got < 0 ? err.msg : "the training data ended",
+                    ranks > 1 ? "; stopping every rank" : "");
+            /* The other ranks would wait for this one in the next collective. */
+            if (ranks > 1) ms_world_abort(tr->world, 1);
             *rc = 1;
             return -1;
         }
@@ -246,7 +377,25 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
     }
     float *grads = ms_model_grad_data(tr->model);
     const ms_param_table *pt = ms_model_params(tr->model);
-    if (c->train.accum_steps > 1) be->scale_f32(be, grads, 1.0f / c->train.accum_steps, pt->total);
+    /* The mean gradient of the global batch: summed over the ranks, divided by ranks x
+     * micro-steps (each micro-step's loss is already a mean over its images). */
+    if (ranks > 1 || c->train.accum_steps > 1) {
+        float scale = 1.0f / (float)(c->train.accum_steps * ranks);
+        if (ms_world_sum_grads(tr->world, grads, pt->total, scale)) ms_world_abort(tr->world, 1);
+    }
+    if (ranks > 1) {
+        /* One small collective: the losses for the log and the skip decision, the stop
+         * requests (so that every rank stops at the same step), the BatchNorm statistics. */
+        double *sums = tr->step_sums;
+        for (int t = 0; t < T; t++) sums[t] = task_loss[t];
+        sums[T] = total, sums[T + 1] = mi, sums[T + 2] = ms_stop_signal ? 1.0 : 0.0;
+        if (tr->n_bn) gather_bn(tr, sums + T + 3);
+        reduce(tr, sums, (size_t)T + 3 + tr->n_bn, MS_COMM_F64, MS_COMM_SUM, "the all-reduce of the step's losses");
+        for (int t = 0; t < T; t++) task_loss[t] = sums[t] / ranks;
+        total = sums[T] / ranks, mi = sums[T + 1] / ranks;
+        tr->stop_agreed = sums[T + 2] > 0;
+        if (tr->n_bn) scatter_bn(tr, sums + T + 3);
+    }
     double gnorm = ms_optim_grad_norm(&tr->opt, grads);
     int finite = isfinite(total) && isfinite(gnorm);
     for (int t = 0; t < T; t++) finite = finite && isfinite(task_loss[t]);
@@ -254,6 +403,9 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
     const char *names[MS_MAX_TASKS];
     for (int t = 0; t < T; t++) names[t] = c->data.tasks.name[t];
     if (!finite) {
+        /* Every rank decides alike: the losses and gradients were reduced. */
+        tr->bad_steps++;
+        if (!log) return 1;
         char msg[768];
         int n = snprintf(msg, sizeof msg, "non-finite step skipped:");
         for (int t = 0; t < T && n < (int)sizeof msg; t++)
@@ -274,17 +426,217 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
         ms_runlog_event(log, tr->step, "skipped_step", msg);
         ms_runlog_break(log);
         ms_warn("step %ld: %s", tr->step, msg);
-        tr->bad_steps++;
         return 1;
     }
     tr->bad_steps = 0;
     if (c->train.clip_grad > 0 && gnorm > c->train.clip_grad)
         be->scale_f32(be, grads, (float)(c->train.clip_grad / gnorm), pt->total);
     ms_optim_step(&tr->opt, ms_model_param_data(tr->model), grads, lr, tr->step);
+    if (!log) return 0;
     double dt = ms_now() - t0;
     double epoch = (double)tr->step * c->train.accum_steps / (double)tr->steps_per_epoch;
     ms_runlog_step(log, tr->step, epoch, total, T, names, task_loss, mi, lr, gnorm,
-                   tr->B * c->train.accum_steps / dt);
+                   (double)tr->B * ranks * c->train.accum_steps / dt);
+    return 0;
+}
+
+/* --comm-timeout, else MODSQUAD_COMM_TIMEOUT, else the default; -1 when a value is not a
+ * positive number of seconds. */
+static double comm_timeout(const char *arg) {
+    const char *v = arg ? arg : getenv("MODSQUAD_COMM_TIMEOUT");
+    if (!v || !*v) return MS_COMM_TIMEOUT_DEFAULT;
+    char *end;
+    double s = strtod(v, &end);
+    return *end || !(s > 0) || !isfinite(s) ? -1 : s;
+}
+
+/* Rank 0 picks the checkpoint to resume from (--resume auto) and every rank loads it. Returns
+ * the agreed status. */
+static int resume(trainer *tr, const char *what) {
+    char wpath[4096] = "";
+    if (strcmp(what, "auto") != 0) {
+        snprintf(wpath, sizeof wpath, "%s", what);
+    } else if (is_root(tr)) {
+        if (ms_ckpt_latest(tr->run_dir, wpath, sizeof wpath) < 0) wpath[0] = 0;
+    }
+    if (ms_world_broadcast(tr->world, wpath, sizeof wpath, 0, "the broadcast of the checkpoint's path"))
+        ms_world_abort(tr->world, 1);
+    if (!wpath[0]) {
+        if (is_root(tr)) printf("no checkpoint in %s: starting from scratch\n", tr->run_dir);
+        return 0;
+    }
+    if (agree(tr, resume_from(tr, wpath))) return -1;
+    if (is_root(tr)) printf("resumed from %s (step %ld)\n", wpath, tr->step);
+    return 0;
+}
+
+/* The ranks' device and threads: a rank's own GPU (its local rank modulo the GPUs it sees)
+ * when run.device is auto or cuda, and its share of the node's cores when run.threads is 0. */
+static void rank_device(const ms_config *cfg, const ms_comm_env *env, char *device, size_t cap,
+                        int *threads) {
+    snprintf(device, cap, "%s", cfg->run.device);
+    *threads = cfg->run.threads;
+    if (env->world == 1) return;
+    if (strcmp(cfg->run.device, "auto") == 0 || strcmp(cfg->run.device, "cuda") == 0) {
+        int gpu = ms_comm_gpu_of(env);
+        if (gpu >= 0) snprintf(device, cap, "cuda:%d", gpu);
+    }
+    if (*threads == 0 && !getenv("OMP_NUM_THREADS") && env->local_world > 1) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        *threads = cores / env->local_world > 1 ? (int)(cores / env->local_world) : 1;
+    }
+}
+
+/* The run's resolved config, the same on every rank (same file, same --set). */
+static int check_same_config(trainer *tr) {
+    char *yaml = ms_config_to_yaml(&tr->cfg);
+    int same = ms_world_same(tr->world, ms_comm_hash(yaml, strlen(yaml), MS_COMM_HASH_SEED),
+                             "the comparison of the configs");
+    free(yaml);
+    if (same < 0) ms_world_abort(tr->world, 1);
+    if (!same && is_root(tr))
+        fprintf(stderr, "modsquad: error: the %d ranks resolved different configs (another config "
+                        "file or --set on some rank?); every rank must run the same command\n",
+                tr->world->size);
+    return same ? 0 : -1;
+}
+
+/* Everything before the first step, on every rank: data, loader, model, optimizer, resume.
+ * Returns the agreed status. */
+static int prepare(trainer *tr, const char *resume_what) {
+    ms_config *cfg = &tr->cfg;
+    const int rank = tr->world->rank, ranks = tr->world->size;
+    ms_io_err err = {0};
+    ms_data_open_opts dopt = {0};
+    int rc = 0;
+    if (ms_data_open(&tr->train, cfg, cfg->data.train_split, &dopt, &err) ||
+        ms_data_open(&tr->val, cfg, cfg->data.val_split, &dopt, &err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err.msg);
+        rc = 1;
+    }
+    ms_loader_opts lo;
+    ms_loader_opts_from_config(&lo, cfg, 1, rank, ranks);
+    tr->B = lo.batch_size;
+    if (!rc && ms_loader_open(&tr->loader, tr->train, cfg, &lo, &err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err.msg);
+        rc = 1;
+    }
+    if (!rc) {
+        tr->steps_per_epoch = ms_loader_steps_per_epoch(tr->loader) / cfg->train.accum_steps;
+        if (tr->steps_per_epoch < 1) {
+            fprintf(stderr,
+                    "modsquad: error: %s split '%s' has %lld samples, fewer than one step of %d x %d images\n",
+                    cfg->data.root, cfg->data.train_split, (long long)tr->train->n, tr->B * ranks,
+                    cfg->train.accum_steps);
+            rc = 1;
+        }
+    }
+    if (agree(tr, rc)) return -1;
+    tr->steps = cfg->train.steps ? cfg->train.steps : (long)(cfg->train.epochs * tr->steps_per_epoch);
+    tr->warmup = cfg->train.warmup_steps ? cfg->train.warmup_steps
+                                         : (long)(cfg->train.warmup_epochs * (double)tr->steps_per_epoch);
+    if (tr->warmup >= tr->steps) tr->warmup = tr->steps / 10;
+
+    ms_model_opts mo = {.batch = tr->B, .rank = rank};
+    if (ranks > 1) mo.stats_sum = ms_world_sum_hook, mo.stats_ctx = tr->world, mo.world = ranks;
+    tr->model = ms_model_create(cfg, tr->be, &mo);
+    ms_model_init(tr->model, (uint64_t)cfg->run.seed);
+    const ms_param_table *pt = ms_model_params(tr->model);
+    rc = ms_optim_create(&tr->opt, tr->be, pt, &cfg->train, tr->warmup, tr->steps) ? 1 : 0;
+    if (rc)
+        fprintf(stderr, "modsquad: error: out of device memory for the optimizer state (%.1f MB)\n",
+                2.0 * pt->total * sizeof(float) / 1e6);
+    if (agree(tr, rc)) return -1;
+    tr->host_params = ms_malloc(pt->total * sizeof(float));
+    tr->host_m = ms_malloc(pt->total * sizeof(float));
+    tr->host_v = ms_malloc(pt->total * sizeof(float));
+    for (int i = 0; i < pt->n; i++)
+        if (pt->t[i].buffer) tr->n_bn += pt->t[i].numel;
+    tr->host_bn = ms_malloc((tr->n_bn ? tr->n_bn : 1) * sizeof(float));
+    tr->step_sums = ms_malloc(((size_t)cfg->data.tasks.n + 3 + tr->n_bn) * sizeof(double));
+    if (resume_what && resume(tr, resume_what)) return -1;
+    return check_replicas(tr, "after the start");
+}
+
+/* Rank 0 writes the resolved config and opens the log. Returns the agreed status. */
+static int open_outputs(trainer *tr, ms_runlog *log) {
+    if (!is_root(tr)) return agree(tr, 0);
+    ms_config *cfg = &tr->cfg;
+    char cpath[4096];
+    snprintf(cpath, sizeof cpath, "%s/config.yaml", tr->run_dir);
+    FILE *f = fopen(cpath, "w");
+    if (!f) {
+        fprintf(stderr, "modsquad: error: cannot write %s: %s\n", cpath, strerror(errno));
+        return agree(tr, 1);
+    }
+    ms_config_print(cfg, f);
+    fclose(f);
+    print_summary(tr);
+    char lerr[1024];
+    int progress = cfg->run.progress == MS_PROGRESS_AUTO ? -1 : cfg->run.progress == MS_PROGRESS_ON;
+    if (ms_runlog_open(log, tr->run_dir, progress, cfg->run.log_every, tr->steps, tr->step, lerr, sizeof lerr)) {
+        fprintf(stderr, "modsquad: error: %s\n", lerr);
+        return agree(tr, 1);
+    }
+    if (agree(tr, 0)) {
+        ms_runlog_close(log);
+        return -1;
+    }
+    return 0;
+}
+
+/* The steps from tr->step to the end; returns the exit status. */
+static int train_loop(trainer *tr, ms_runlog *log, long stop_at) {
+    ms_config *cfg = &tr->cfg;
+    const int ranks = tr->world->size;
+    int rc = 1;
+    ms_batch *batch = NULL;
+    while (tr->step < tr->steps) {
+        int r = train_step(tr, log, &batch, &rc);
+        if (r < 0) return rc;
+        if (r == 1 && tr->bad_steps >= cfg->train.max_bad_steps) {
+            if (!log) return 1;
+            char last[4096];
+            long s = ms_ckpt_latest(tr->run_dir, last, sizeof last);
+            fprintf(stderr,
+                    "modsquad: error: %d steps in a row had non-finite losses or gradients; "
+                    "stopping. %s%s\n",
+                    tr->bad_steps, s >= 0 ? "The last good checkpoint is " : "No checkpoint was written yet.",
+                    s >= 0 ? last : "");
+            return 1;
+        }
+        tr->step++;
+        int last = tr->step == tr->steps;
+        if (!last && cfg->train.eval_every && tr->step % cfg->train.eval_every == 0 &&
+            evaluate_and_log(tr, log))
+            return 1;
+        if (!last && cfg->train.checkpoint_every && tr->step % cfg->train.checkpoint_every == 0 &&
+            save_checkpoint(tr, log))
+            return 1;
+        if (tr->step == stop_at && !last) {
+            if (save_checkpoint(tr, log)) return 1;
+            log_break(log);
+            if (log) printf("stopped at step %ld as asked (--stop-at); checkpoint in %s\n", tr->step, tr->run_dir);
+            return 0;
+        }
+        /* Several ranks act on the stop requests they agreed on in the step's collective. */
+        int stop = ranks > 1 ? tr->stop_agreed : ms_stop_signal != 0;
+        if (stop) {
+            log_break(log);
+            char msg[64];
+            if (ms_stop_signal) snprintf(msg, sizeof msg, "signal %d", (int)ms_stop_signal);
+            else snprintf(msg, sizeof msg, "signal on another rank");
+            log_event(log, tr->step, "signal", msg);
+            if (save_checkpoint(tr, log)) return 1;
+            if (log)
+                fprintf(stderr, "modsquad: stopped by %s after step %ld; checkpoint written to %s. "
+                                "Run the same command with --resume auto to continue.\n",
+                        msg, tr->step, tr->run_dir);
+            return MS_EXIT_REQUEUE;
+        }
+    }
+    if (save_checkpoint(tr, log) || evaluate_and_log(tr, log)) return 1;
+    if (log) printf("done: %ld steps; weights in %s/last.safetensors\n", tr->steps, tr->run_dir);
     return 0;
 }
 
@@ -292,11 +644,12 @@ int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"set", required_argument, 0, 's'},
                                          {"resume", required_argument, 0, 'r'},
                                          {"stop-at", required_argument, 0, 'S'},
+                                         {"comm-timeout", required_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *sets[MAX_SETS];
     int n_sets = 0;
-    const char *resume = NULL;
+    const char *resume_what = NULL, *timeout_arg = NULL;
     long stop_at = -1;
     int c;
     opterr = 0;
@@ -306,19 +659,25 @@ int cmd_train(int argc, char **argv) {
             if (n_sets == MAX_SETS) return ms_usage_error("train", "at most %d --set options", MAX_SETS);
             sets[n_sets++] = optarg;
             break;
-        case 'r': resume = optarg; break;
+        case 'r': resume_what = optarg; break;
         case 'S': {
             char *end;
             stop_at = strtol(optarg, &end, 10);
             if (*end || stop_at < 1) return ms_usage_error("train", "--stop-at needs a step >= 1, not '%s'", optarg);
             break;
         }
+        case 'T': timeout_arg = optarg; break;
         case 'h': usage(stdout); return 0;
         default: return ms_usage_error("train", "unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc - 1)
         return ms_usage_error("train", optind >= argc ? "missing CONFIG" : "one CONFIG only");
+    double timeout_s = comm_timeout(timeout_arg);
+    if (timeout_s < 0)
+        return ms_usage_error("train", "%s needs a positive number of seconds, not '%s'",
+                              timeout_arg ? "--comm-timeout" : "MODSQUAD_COMM_TIMEOUT",
+                              timeout_arg ? timeout_arg : getenv("MODSQUAD_COMM_TIMEOUT"));
 
     static trainer tr_s;
     trainer *tr = &tr_s;
@@ -326,10 +685,12 @@ int cmd_train(int argc, char **argv) {
     tr->config_path = argv[optind];
     if (ms_cli_load_config(&tr->cfg, tr->config_path, n_sets, sets)) return 1;
     ms_config *cfg = &tr->cfg;
+    ms_comm_env env;
+    ms_comm_env_detect(&env);
     {
         ms_config_errors errs;
         ms_config_errors_init(&errs);
-        int n = ms_config_check_world(cfg, 1, &errs);
+        int n = ms_config_check_world(cfg, env.world, &errs);
         if (n) {
             ms_config_errors_print(&errs, stderr);
             ms_config_errors_free(&errs);
@@ -344,132 +705,30 @@ int cmd_train(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
-    tr->be = ms_cli_open_backend(cfg);
+    char device[MS_NAME_MAX];
+    int threads;
+    rank_device(cfg, &env, device, sizeof device, &threads);
+    tr->be = ms_cli_open_backend_on(cfg, device, threads);
     if (!tr->be) return 1;
-    ms_io_err err = {0};
-    ms_data_open_opts dopt = {0};
-    if (ms_data_open(&tr->train, cfg, cfg->data.train_split, &dopt, &err)) {
-        fprintf(stderr, "modsquad: error: %s\n", err.msg);
-        goto out;
-    }
-    if (ms_data_open(&tr->val, cfg, cfg->data.val_split, &dopt, &err)) {
-        fprintf(stderr, "modsquad: error: %s\n", err.msg);
-        goto out;
-    }
-    ms_loader_opts lo;
-    ms_loader_opts_from_config(&lo, cfg, 1, 0, 1);
-    tr->B = lo.batch_size;
-    if (ms_loader_open(&tr->loader, tr->train, cfg, &lo, &err)) {
-        fprintf(stderr, "modsquad: error: %s\n", err.msg);
-        goto out;
-    }
-    tr->steps_per_epoch = ms_loader_steps_per_epoch(tr->loader) / cfg->train.accum_steps;
-    if (tr->steps_per_epoch < 1) {
-        fprintf(stderr, "modsquad: error: %s split '%s' has %lld samples, fewer than one step of %d x %d images\n",
-                cfg->data.root, cfg->data.train_split, (long long)tr->train->n, tr->B, cfg->train.accum_steps);
-        goto out;
-    }
-    tr->steps = cfg->train.steps ? cfg->train.steps : (long)(cfg->train.epochs * tr->steps_per_epoch);
-    tr->warmup = cfg->train.warmup_steps ? cfg->train.warmup_steps
-                                         : (long)(cfg->train.warmup_epochs * (double)tr->steps_per_epoch);
-    if (tr->warmup >= tr->steps) tr->warmup = tr->steps / 10;
-
-    tr->model = ms_model_create(cfg, tr->be, &(ms_model_opts){.batch = tr->B});
-    ms_model_init(tr->model, (uint64_t)cfg->run.seed);
-    const ms_param_table *pt = ms_model_params(tr->model);
-    if (ms_optim_create(&tr->opt, tr->be, pt, &cfg->train, tr->warmup, tr->steps)) {
-        fprintf(stderr, "modsquad: error: out of device memory for the optimizer state (%.1f MB)\n",
-                2.0 * pt->total * sizeof(float) / 1e6);
-        goto out;
-    }
-    tr->host_params = ms_malloc(pt->total * sizeof(float));
-    tr->host_m = ms_malloc(pt->total * sizeof(float));
-    tr->host_v = ms_malloc(pt->total * sizeof(float));
-
-    if (resume) {
-        char wpath[4096];
-        if (strcmp(resume, "auto") == 0) {
-            long s = ms_ckpt_latest(tr->run_dir, wpath, sizeof wpath);
-            if (s >= 0) {
-                if (resume_from(tr, wpath)) goto out;
-                printf("resumed from %s (step %ld)\n", wpath, tr->step);
-            } else {
-                printf("no checkpoint in %s: starting from scratch\n", tr->run_dir);
-            }
-        } else {
-            if (resume_from(tr, resume)) goto out;
-            printf("resumed from %s (step %ld)\n", resume, tr->step);
-        }
-    }
     {
-        char cpath[4096];
-        snprintf(cpath, sizeof cpath, "%s/config.yaml", tr->run_dir);
-        FILE *f = fopen(cpath, "w");
-        if (!f) {
-            fprintf(stderr, "modsquad: error: cannot write %s: %s\n", cpath, strerror(errno));
+        char err[1024];
+        static const ms_world_kind kinds[] = {[MS_COMM_AUTO] = MS_WORLD_AUTO,
+                                              [MS_COMM_NONE] = MS_WORLD_NONE,
+                                              [MS_COMM_MPI] = MS_WORLD_MPI,
+                                              [MS_COMM_NCCL] = MS_WORLD_NCCL};
+        ms_world_opts wo = {kinds[cfg->run.comm], timeout_s, tr->run_dir};
+        tr->world = ms_world_open(&wo, &env, tr->be, err, sizeof err);
+        if (!tr->world) {
+            fprintf(stderr, "modsquad: error: run.comm '%s': %s\n", ms_comm_names[cfg->run.comm], err);
             goto out;
         }
-        ms_config_print(cfg, f);
-        fclose(f);
-    }
-    print_summary(tr);
-
-    ms_runlog log;
-    char lerr[1024];
-    int progress = cfg->run.progress == MS_PROGRESS_AUTO ? -1 : cfg->run.progress == MS_PROGRESS_ON;
-    if (ms_runlog_open(&log, tr->run_dir, progress, cfg->run.log_every, tr->steps, tr->step, lerr, sizeof lerr)) {
-        fprintf(stderr, "modsquad: error: %s\n", lerr);
-        goto out;
     }
     ms_signals_install();
-    ms_batch *batch = NULL;
-    while (tr->step < tr->steps) {
-        int r = train_step(tr, &log, &batch, &rc);
-        if (r < 0) goto out_log;
-        if (r == 1 && tr->bad_steps >= cfg->train.max_bad_steps) {
-            char last[4096];
-            long s = ms_ckpt_latest(tr->run_dir, last, sizeof last);
-            fprintf(stderr,
-                    "modsquad: error: %d steps in a row had non-finite losses or gradients; "
-                    "stopping. %s%s\n",
-                    tr->bad_steps, s >= 0 ? "The last good checkpoint is " : "No checkpoint was written yet.",
-                    s >= 0 ? last : "");
-            rc = 1;
-            goto out_log;
-        }
-        tr->step++;
-        int last = tr->step == tr->steps;
-        if (!last && cfg->train.eval_every && tr->step % cfg->train.eval_every == 0 &&
-            evaluate_and_log(tr, &log))
-            goto out_log;
-        if (!last && cfg->train.checkpoint_every && tr->step % cfg->train.checkpoint_every == 0 &&
-            save_checkpoint(tr, &log))
-            goto out_log;
-        if (tr->step == stop_at && !last) {
-            if (save_checkpoint(tr, &log)) goto out_log;
-            ms_runlog_break(&log);
-            printf("stopped at step %ld as asked (--stop-at); checkpoint in %s\n", tr->step, tr->run_dir);
-            rc = 0;
-            goto out_log;
-        }
-        if (ms_stop_signal) {
-            ms_runlog_break(&log);
-            char msg[64];
-            snprintf(msg, sizeof msg, "signal %d", (int)ms_stop_signal);
-            ms_runlog_event(&log, tr->step, "signal", msg);
-            if (save_checkpoint(tr, &log)) goto out_log;
-            fprintf(stderr, "modsquad: stopped by signal %d after step %ld; checkpoint written to %s. "
-                            "Run the same command with --resume auto to continue.\n",
-                    (int)ms_stop_signal, tr->step, tr->run_dir);
-            rc = MS_EXIT_REQUEUE;
-            goto out_log;
-        }
-    }
-    if (save_checkpoint(tr, &log) || evaluate_and_log(tr, &log)) goto out_log;
-    printf("done: %ld steps; weights in %s/last.safetensors\n", tr->steps, tr->run_dir);
-    rc = 0;
-out_log:
-    ms_runlog_close(&log);
+    if (check_same_config(tr) || prepare(tr, resume_what)) goto out;
+    ms_runlog log_s, *log = is_root(tr) ? &log_s : NULL;
+    if (open_outputs(tr, log)) goto out;
+    rc = train_loop(tr, log, stop_at);
+    if (log) ms_runlog_close(log);
 out:
     if (tr->loader) ms_loader_close(tr->loader);
     ms_data_close(tr->train);
@@ -477,6 +736,8 @@ out:
     if (tr->model) ms_model_destroy(tr->model);
     if (tr->opt.be) ms_optim_destroy(&tr->opt);
     free(tr->host_params), free(tr->host_m), free(tr->host_v);
+    free(tr->host_bn), free(tr->step_sums);
+    ms_world_close(tr->world);
     if (tr->be) tr->be->destroy(tr->be);
     return rc;
 }

@@ -162,6 +162,13 @@ struct ms_backend {
      * offsets_host[E+1] receives a host copy (per-expert GEMM sizes live on the host). */
     void (*dispatch_plan)(ms_backend *be, int32_t *offsets, int32_t *perm, int32_t *inv,
                           int32_t *offsets_host, const int32_t *idx, int M, int K, int E);
+    /* out[i] = map[idx[i]] for i < n: expert indices through a table. A model extracted for one
+     * task (`modsquad extract`) stores only the experts it keeps; it routes over all E experts
+     * as the full model does, then maps each selected expert to its stored index, and every
+     * dropped expert to one extra index (E_keep) whose dispatch rows compute nothing.
+     * out may alias idx. */
+    void (*remap_experts)(ms_backend *be, int32_t *out, const int32_t *idx, const int32_t *map,
+                          int n);
     /* out[r, :] = in[idx[r] / div, :] for r < R, rows of D elements. With idx = perm and
      * div = K this gathers tokens into expert order; with div = 1 it permutes rows. */
     void (*gather_rows)(ms_backend *be, ms_act *out, const ms_act *in, const int32_t *idx,

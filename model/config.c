@@ -186,6 +186,7 @@ static const char *type_name(const ms_config_key *key) {
     case MS_KT_LIST: return "list of names";
     case MS_KT_MAP: return "map name: number";
     case MS_KT_BLOCKS: return "block set";
+    case MS_KT_EXPERTS: return "expert lists";
     }
     return "?";
 }
@@ -215,6 +216,7 @@ static void allowed_text(FILE *f, const ms_config_key *key) {
         break;
     case MS_KT_LIST: fputs("task names of data.dataset", f); break;
     case MS_KT_BLOCKS: fputs("`even`, `odd`, `all`, `none`, [i, j, ...]", f); break;
+    case MS_KT_EXPERTS: fputs("`[]`, or [[e, ...], ...]: one list per MoE layer", f); break;
     }
 }
 
@@ -267,6 +269,16 @@ static bool key_equal(const ms_config *a, const ms_config *b, int k) {
             if (p->index[i] != q->index[i]) return false;
         return true;
     }
+    case MS_KT_EXPERTS: {
+        const ms_expert_sets *p = x, *q = y;
+        if (p->layers != q->layers) return false;
+        int total = 0;
+        for (int l = 0; l < p->layers; l++) {
+            if (p->count[l] != q->count[l]) return false;
+            total += p->count[l];
+        }
+        return memcmp(p->expert, q->expert, (size_t)total * sizeof p->expert[0]) == 0;
+    }
     }
     return false;
 }
@@ -286,6 +298,10 @@ void ms_config_fingerprint(const ms_config *cfg, char out[MS_FINGERPRINT_LEN + 1
     uint64_t h = 0xcbf29ce484222325ull;
     for (int k = 0; k < ms_config_n_keys; k++) {
         if (!ms_config_keys[k].fingerprint) continue;
+        /* an empty model.kept_experts leaves the fingerprint of an ordinary model as it was */
+        if (ms_config_keys[k].type == MS_KT_EXPERTS &&
+            ((const ms_expert_sets *)ms_config_cfield(cfg, k))->layers == 0)
+            continue;
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);
@@ -310,6 +326,34 @@ int ms_config_task_index(const ms_config *cfg, const char *name) {
     for (int t = 0; t < cfg->data.tasks.n; t++)
         if (!strcmp(cfg->data.tasks.name[t], name)) return t;
     return -1;
+}
+
+void ms_config_task_hint(const ms_config *cfg, const char *name, char *buf, size_t cap) {
+    const ms_name_list *tasks = &cfg->data.tasks;
+    const char *names[MS_MAX_TASKS];
+    for (int t = 0; t < tasks->n; t++) names[t] = tasks->name[t];
+    buf[0] = 0;
+    const char *near = ms_closest_name(name, names, tasks->n);
+    if (near) {
+        snprintf(buf, cap, " (did you mean '%s'?)", near);
+        return;
+    }
+    /* "depth" -> depth_euclidean, "semantic" -> segment_semantic */
+    int found = 0;
+    for (int t = 0; t < tasks->n && name[0]; t++) {
+        if (!strstr(names[t], name)) continue;
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len, "%s'%s'", found++ ? " or " : " (did you mean ", names[t]);
+    }
+    if (found && strlen(buf) + 3 <= cap) strcat(buf, "?)");
+}
+
+const int16_t *ms_expert_sets_layer(const ms_expert_sets *s, int l, int *n) {
+    MS_ASSERT(l >= 0 && l < s->layers);
+    int o = 0;
+    for (int i = 0; i < l; i++) o += s->count[i];
+    *n = s->count[l];
+    return s->expert + o;
 }
 
 int ms_config_parse_device(const char *s, int *index) {

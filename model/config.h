@@ -26,6 +26,8 @@
 #define MS_RUN_NAME_MAX 128    /* run.name, with the NUL */
 #define MS_CONFIG_MAX_KEYS 128 /* capacity of the per-key origin table */
 #define MS_FINGERPRINT_LEN 16  /* hex digits of ms_config_fingerprint */
+#define MS_MAX_MOE_LAYERS (2 * MS_MAX_DEPTH) /* a MoE attention and a MoE MLP in every block */
+#define MS_MAX_KEPT 4096       /* expert indices in model.kept_experts, over all layers */
 
 /* Enumerations: the value is the index of its name in the matching ms_*_names array. */
 typedef enum { MS_DATASET_TASKONOMY, MS_DATASET_PASCAL_CONTEXT } ms_dataset;
@@ -86,6 +88,18 @@ typedef struct {
     uint64_t mask;
 } ms_block_set;
 
+/* model.kept_experts: the experts a single-task model extracted by `modsquad extract` keeps,
+ * one list per MoE layer (the model's MoE layers in block order, attention before MLP), each
+ * list the full model's expert indices in increasing order. layers 0: a normal model. */
+typedef struct {
+    int layers;                      /* 0, or the number of MoE layers */
+    int count[MS_MAX_MOE_LAYERS];    /* [layers] experts kept in each layer */
+    int16_t expert[MS_MAX_KEPT];     /* the lists one after the other, sum of count entries */
+} ms_expert_sets;
+
+/* The kept experts of layer l: *n of them (full-model indices, increasing). */
+const int16_t *ms_expert_sets_layer(const ms_expert_sets *s, int l, int *n);
+
 /* The sections. Each field is the key of the same name (run.name is ms_config.run.name);
  * docs/config.md and `modsquad config keys` document every one. */
 typedef struct {
@@ -145,6 +159,7 @@ typedef struct {
     ms_weighting task_weighting;
     ms_weight_map task_weights;
     double edge_pos_weight;
+    ms_expert_sets kept_experts; /* an extracted single-task model (empty: a normal model) */
 } ms_model_config;
 
 typedef struct {
@@ -251,6 +266,9 @@ void ms_config_fingerprint(const ms_config *cfg, char out[MS_FINGERPRINT_LEN + 1
 
 /* Position of `name` in data.tasks, or -1. */
 int ms_config_task_index(const ms_config *cfg, const char *name);
+/* For a name that is not in data.tasks: " (did you mean 'x'?)" naming the closest task (a typo,
+ * or the tasks the name starts or is part of), or "" when none is close. */
+void ms_config_task_hint(const ms_config *cfg, const char *name, char *buf, size_t cap);
 
 /* run.device: MS_DEVICE_CPU / MS_DEVICE_CUDA with *index = N (0 for "cuda"), or MS_DEVICE_AUTO.
  * Returns -1 for a string that is none of these (ms_config_load never leaves one). */

@@ -240,6 +240,63 @@ static void check_model_arch(checker *c) {
              m->separate_layers, m->depth);
 }
 
+/* model.kept_experts (an extracted model): one list per MoE layer, in the model's layer order
+ * (block by block, attention before MLP), each with at least top-k experts below the layer's
+ * expert count, and one task. */
+static void check_kept_experts(checker *c) {
+    ms_config *cfg = c->cfg;
+    ms_model_config *m = &cfg->model;
+    const ms_expert_sets *ks = &m->kept_experts;
+    if (!ks->layers || !ok(c, "model.kept_experts")) return;
+    if (!ok(c, "model.arch") || !ok(c, "model.depth") || !ok(c, "model.moe_attn_blocks") ||
+        !ok(c, "model.moe_mlp_blocks"))
+        return;
+    if (!is_moe_arch(m->arch)) {
+        fail(c, "model.kept_experts", "model.arch",
+             "model.kept_experts lists the experts an extracted MoE model keeps, but model.arch "
+             "%s has no MoE layers; leave it empty ([])",
+             ms_arch_names[m->arch]);
+        return;
+    }
+    if (ok(c, "data.tasks") && cfg->data.tasks.n != 1)
+        fail(c, "model.kept_experts", "data.tasks",
+             "model.kept_experts describes a model extracted for one task, but data.tasks lists "
+             "%d tasks",
+             cfg->data.tasks.n);
+    int E[MS_MAX_MOE_LAYERS], K[MS_MAX_MOE_LAYERS], block[MS_MAX_MOE_LAYERS], attn[MS_MAX_MOE_LAYERS];
+    int layers = 0;
+    for (int i = 0; i < m->depth; i++) {
+        if (m->moe_attn_blocks.mask >> i & 1)
+            E[layers] = m->attn_experts, K[layers] = m->attn_topk, block[layers] = i,
+            attn[layers++] = 1;
+        if (m->moe_mlp_blocks.mask >> i & 1)
+            E[layers] = m->mlp_experts, K[layers] = m->mlp_topk, block[layers] = i,
+            attn[layers++] = 0;
+    }
+    if (ks->layers != layers) {
+        fail(c, "model.kept_experts", "model.moe_attn_blocks model.moe_mlp_blocks model.depth",
+             "model.kept_experts has %d lists, but the model has %d MoE layers (one list per "
+             "layer, block by block, attention before MLP)",
+             ks->layers, layers);
+        return;
+    }
+    for (int l = 0; l < layers; l++) {
+        int n;
+        const int16_t *kept = ms_expert_sets_layer(ks, l, &n);
+        const char *kind = attn[l] ? "attention" : "MLP";
+        if (kept[n - 1] >= E[l])
+            fail(c, "model.kept_experts", attn[l] ? "model.attn_experts" : "model.mlp_experts",
+                 "model.kept_experts[%d] (block %d %s) keeps expert %d, but the layer has %d "
+                 "experts (0 to %d)",
+                 l, block[l], kind, kept[n - 1], E[l], E[l] - 1);
+        else if (n < K[l])
+            fail(c, "model.kept_experts", attn[l] ? "model.attn_topk" : "model.mlp_topk",
+                 "model.kept_experts[%d] (block %d %s) keeps %d experts, fewer than the %d each "
+                 "token selects",
+                 l, block[l], kind, n, K[l]);
+    }
+}
+
 static void resolve_widths(checker *c) {
     ms_config *cfg = c->cfg;
     ms_model_config *m = &cfg->model;
@@ -356,6 +413,7 @@ void ms_config_resolve_and_check(ms_config *cfg, const char *const *sets, ms_con
     resolve_tasks(&c);
     check_data(&c);
     check_model_arch(&c);
+    check_kept_experts(&c);
     resolve_widths(&c);
     resolve_heads_and_weights(&c);
     check_train(&c);

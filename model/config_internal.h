@@ -19,7 +19,8 @@ typedef enum {
     MS_KT_ENUM,   /* int-sized enum, index into values */
     MS_KT_LIST,   /* ms_name_list */
     MS_KT_MAP,    /* ms_weight_map */
-    MS_KT_BLOCKS  /* ms_block_set */
+    MS_KT_BLOCKS, /* ms_block_set */
+    MS_KT_EXPERTS /* ms_expert_sets */
 } ms_key_type;
 
 /* Range flags for MS_KT_INT / MS_KT_FLOAT (and the values of MS_KT_MAP). */

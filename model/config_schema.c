@@ -95,6 +95,8 @@ const char *const ms_config_sections[] = {"run", "data", "model", "train", "eval
     }
 #define KEY_BLOCKS(n, f, d, fp, doc_)                                                              \
     { .name = n, .type = MS_KT_BLOCKS, FIELD(f), .def = d, .fingerprint = fp, .doc = doc_ }
+#define KEY_EXPERTS(n, f, d, fp, doc_)                                                             \
+    { .name = n, .type = MS_KT_EXPERTS, FIELD(f), .def = d, .fingerprint = fp, .doc = doc_ }
 #define INT_MAXD ((double)INT_MAX)
 #define OPEN_MIN MS_KEY_MIN_OPEN
 #define OPEN_MAX MS_KEY_MAX_OPEN
@@ -214,6 +216,12 @@ const ms_config_key ms_config_keys[] = {
             "10, edge 50; Taskonomy 1)"),
     KEY_FLOAT("model.edge_pos_weight", model.edge_pos_weight, "0.95", 0, 1, OPEN_MIN | OPEN_MAX,
               false, "positive-class weight of the balanced BCE edge loss (PASCAL-Context)"),
+    /* In the fingerprint: it sets the expert tensors' shapes. Left out of it while empty, so
+     * the fingerprints of ordinary models did not change when the key was added. */
+    KEY_EXPERTS("model.kept_experts", model.kept_experts, "[]", true,
+                "written by `modsquad extract`: the experts a single-task model keeps, one list of "
+                "full-model expert indices per MoE layer (empty: a normal model; such a model is "
+                "for evaluation only)"),
     /* train: optimisation (METHOD.md section 6) */
     KEY_INT("train.steps", train.steps, "0", 0, INT_MAXD, false,
             "optimizer steps (0: train.epochs x steps per epoch)"),

@@ -371,6 +371,75 @@ static bool apply_blocks(const ms_config_key *key, ms_block_set *field, yaml_doc
     return ok;
 }
 
+/* model.kept_experts: a list of lists of expert indices, e.g. [[0, 2, 5], [1, 3]]. Whether the
+ * lists fit the model (one per MoE layer, indices below E, at least K each) is checked once the
+ * whole config is known (config_check.c). */
+static bool apply_experts(const ms_config_key *key, ms_expert_sets *field, yaml_document_t *doc,
+                          const yaml_node_t *n, const ms_where *w, ms_config_errors *errs) {
+    char got[96], label[96];
+    ms_expert_sets sets; /* 8.5 KiB: built aside, so a rejected value leaves the field alone */
+    memset(&sets, 0, sizeof sets);
+    if (is_null(n)) {
+        *field = sets;
+        return true;
+    }
+    if (n->type != YAML_SEQUENCE_NODE) {
+        value_error(errs, w, key->name, true,
+                    "expected one list of expert indices per MoE layer like [[0, 2], [1, 3]], "
+                    "got %s",
+                    describe(n, got, sizeof got));
+        return false;
+    }
+    int layers = (int)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (layers > MS_MAX_MOE_LAYERS) {
+        value_error(errs, w, key->name, true, "at most %d layers, got %d", MS_MAX_MOE_LAYERS,
+                    layers);
+        return false;
+    }
+    const ms_config_key index_key = {.type = MS_KT_INT, .min = 0, .max = 4095};
+    int total = 0;
+    for (int l = 0; l < layers; l++) {
+        yaml_node_t *list = yaml_document_get_node(doc, n->data.sequence.items.start[l]);
+        ms_where lw = at_node(w, list);
+        snprintf(label, sizeof label, "%s[%d]", key->name, l);
+        if (list->type != YAML_SEQUENCE_NODE) {
+            value_error(errs, &lw, label, false, "expected a list of expert indices like [0, 2], "
+                        "got %s", describe(list, got, sizeof got));
+            return false;
+        }
+        int count = (int)(list->data.sequence.items.top - list->data.sequence.items.start);
+        if (count == 0) {
+            value_error(errs, &lw, label, false, "a layer keeps at least one expert");
+            return false;
+        }
+        if (total + count > MS_MAX_KEPT) {
+            value_error(errs, &lw, key->name, false, "at most %d expert indices in all",
+                        MS_MAX_KEPT);
+            return false;
+        }
+        for (int i = 0; i < count; i++) {
+            yaml_node_t *item = yaml_document_get_node(doc, list->data.sequence.items.start[i]);
+            ms_where iw = at_node(w, item);
+            snprintf(label, sizeof label, "%s[%d][%d]", key->name, l, i);
+            double v;
+            if (!read_number(&index_key, item, true, &iw, label, false, errs, &v)) return false;
+            if (i > 0 && (int)v <= sets.expert[total + i - 1]) {
+                value_error(errs, &iw, label, false,
+                            "expert %d after %d: list each layer's experts once, in increasing "
+                            "order",
+                            (int)v, sets.expert[total + i - 1]);
+                return false;
+            }
+            sets.expert[total + i] = (int16_t)v;
+        }
+        sets.count[l] = count;
+        total += count;
+    }
+    sets.layers = layers;
+    *field = sets;
+    return true;
+}
+
 bool ms_config_apply_node(ms_config *cfg, int k, yaml_document_t *doc, yaml_node_t *node,
                           const ms_where *w, ms_config_errors *errs) {
     const ms_config_key *key = &ms_config_keys[k];
@@ -409,6 +478,7 @@ bool ms_config_apply_node(ms_config *cfg, int k, yaml_document_t *doc, yaml_node
     case MS_KT_LIST: return apply_list(key, field, doc, node, w, errs);
     case MS_KT_MAP: return apply_map(key, field, doc, node, w, errs);
     case MS_KT_BLOCKS: return apply_blocks(key, field, doc, node, w, errs);
+    case MS_KT_EXPERTS: return apply_experts(key, field, doc, node, w, errs);
     }
     return false;
 }
@@ -512,6 +582,18 @@ void ms_config_print_value(FILE *f, const ms_config *cfg, int k) {
         fputc('[', f);
         for (int i = 0; i < b->n; i++)
             fprintf(f, "%s%d", i ? ", " : "", b->index[i]);
+        fputc(']', f);
+        break;
+    }
+    case MS_KT_EXPERTS: {
+        const ms_expert_sets *x = field;
+        fputc('[', f);
+        for (int l = 0, o = 0; l < x->layers; o += x->count[l++]) {
+            fputs(l ? ", [" : "[", f);
+            for (int i = 0; i < x->count[l]; i++)
+                fprintf(f, "%s%d", i ? ", " : "", x->expert[o + i]);
+            fputc(']', f);
+        }
         fputc(']', f);
         break;
     }

@@ -95,8 +95,20 @@ void ms_model_destroy(ms_model *m) {
     free(m);
 }
 
+/* A model with model.kept_experts holds a subset of a trained model's experts: only
+ * `modsquad extract` makes one (from a checkpoint), and it is evaluated, not trained. */
+static void refuse_extracted(const ms_model *m, const char *what) {
+    if (m->cfg->model.kept_experts.layers == 0) return;
+    ms_fatal("%s: model.kept_experts is set, so this config describes a single-task model "
+             "extracted by `modsquad extract` from a trained checkpoint; it runs evaluation and "
+             "inference (modsquad eval --checkpoint EXTRACTED) but cannot be %s. Train the full "
+             "model (model.kept_experts: []) and extract again",
+             m->cfg->source, what);
+}
+
 void ms_model_init(ms_model *m, uint64_t seed) {
     MS_ASSERT(!m->plan_only);
+    refuse_extracted(m, "initialised or trained");
     float *host = ms_calloc(m->pt.total, sizeof(float)); /* padding stays 0 */
     ms_vit_init(m->vit, host, seed);
     ms_heads_init(m->heads, host, seed);
@@ -118,6 +130,7 @@ void ms_model_forward(ms_model *m, const ms_batch *b, int training, int64_t step
         ms_fatal("the batch holds %d images of %dx%d with %d tasks, but the model was built for "
                  "%d images of %dx%d (data.image_size) with %d tasks (data.tasks)",
                  b->B, b->H, b->W, b->T, m->B, size, size, m->T);
+    if (training) refuse_extracted(m, "trained");
     ms_vit_set_images(m->vit, b->images);
     ms_heads_set_targets(m->heads, b);
     ms_vit_forward(m->vit, training, step);

@@ -76,7 +76,9 @@ ms_model *ms_model_create(const ms_config *cfg, ms_backend *be, const ms_model_o
 void ms_model_destroy(ms_model *m);
 
 /* Official initialisation of every tensor from `seed` (streams keyed by tensor name), uploaded
- * to the device. Drop path and noise are keyed by run.seed, not by this seed. */
+ * to the device. Drop path and noise are keyed by run.seed, not by this seed. A model extracted
+ * by `modsquad extract` (model.kept_experts) exists only as weights taken from a trained model:
+ * initialising it, or a training forward, stops the program with a message saying so. */
 void ms_model_init(ms_model *m, uint64_t seed);
 void ms_model_zero_grads(ms_model *m);
 
@@ -102,13 +104,17 @@ const ms_act *ms_model_prediction(const ms_model *m, int t);
 const ms_act *ms_model_tokens(const ms_model *m, int t);
 
 /* MoE layers in block order, and how many (token, slot) selections expert e got in task t's
- * pass of the last forward (counts[E], host). */
+ * pass of the last forward (counts[E], host; full-model expert indices, also in an extracted
+ * model). */
 int ms_model_moe_layers(const ms_model *m);
 ms_moe_info ms_model_moe_info(const ms_model *m, int layer);
 void ms_model_expert_counts(const ms_model *m, int layer, int t, int64_t *counts);
 
 /* Forward FLOPs per image of task t (GEMM multiply-adds x 2, attention included; backbone pass
- * plus head), parameter counts and the memory plan. */
+ * plus head), parameter counts and the memory plan. The FLOPs count K experts per token in
+ * every MoE layer; in an extracted model the pairs routed to dropped experts skip their expert
+ * GEMMs (ms_moe_info.pair_flops each), which depends on the data (modsquad extract reports it
+ * for its calibration images). */
 double ms_model_flops(const ms_model *m, int t);
 void ms_model_param_counts(const ms_model *m, ms_param_counts *out);
 ms_memory_plan ms_model_memory(const ms_model *m);

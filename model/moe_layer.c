@@ -10,7 +10,11 @@
  * selected expert (q = x Wq[e], no bias), over ONE shared key/value head (kv_proj, with bias):
  *     y = sum_j gate_j * (softmax(q_j K^T / sqrt(hd)) V) Wo[e_j].
  * Tensors in dispatch (expert) order that are K times the size of the token stream (the
- * gathered inputs and the expert outputs) are recomputed in the backward, not kept. */
+ * gathered inputs and the expert outputs) are recomputed in the backward, not kept.
+ *
+ * A layer of a model extracted for one task (model.kept_experts, model/extract.h) stores only
+ * the kept experts but routes over all E exactly as the full model; the pairs that select a
+ * dropped expert are dispatched to one extra group that computes nothing (moe_forward). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,11 +69,20 @@ void moe_register(ms_vit *v, ms_param_table *pt, moe_layer *l, moe_kind kind, in
     l->K = kind == MOE_ATTN ? mc->attn_topk : mc->mlp_topk;
     l->hidden = kind == MOE_ATTN ? mc->attn_expert_dim : mc->expert_hidden;
     l->E_out = v->noisy ? 2 * l->E : l->E;
+    l->E_keep = l->E;
+    l->extracted = v->extracted;
+    l->kept = NULL;
+    l->map = NULL;
+    if (l->extracted) {
+        /* the config checked one list per MoE layer, indices below E, at least K of them */
+        l->kept = ms_expert_sets_layer(&mc->kept_experts, l->index, &l->E_keep);
+        MS_ASSERT(l->E_keep >= l->K && l->E_keep <= l->E && l->kept[l->E_keep - 1] < l->E);
+    }
     l->w_in = l->b_in = l->w_out = l->b_out = l->kv_w = l->kv_b = -1;
     l->gate_tok = l->gate_task = -1;
     for (int t = 0; t < MS_MAX_TASKS; t++) l->gate_w[t] = -1, l->aux_balance[t] = -1;
     l->aux_mi = -1;
-    int E = l->E, Hx = l->hidden;
+    int E = l->E_keep, Hx = l->hidden; /* expert tensors: the stored experts only */
     /* where the experts and routers live */
     char moe[MS_TENSOR_NAME_MAX];
     tname(moe, prefix, kind == MOE_ATTN ? "attn.q_proj." : "mlp.");
@@ -108,9 +121,10 @@ void moe_alloc(ms_vit *v, moe_layer *l, ms_arena *a) {
         s->probs = ms_arena_alloc(a, (size_t)M * E * sizeof(float));
         s->idx = ms_arena_alloc(a, (size_t)M * K * sizeof(int32_t));
         s->gate = ms_arena_alloc(a, (size_t)M * K * sizeof(float));
-        s->offsets = ms_arena_alloc(a, (size_t)(E + 1) * sizeof(int32_t));
+        s->offsets = ms_arena_alloc(a, (size_t)(E + 2) * sizeof(int32_t));
         s->perm = ms_arena_alloc(a, (size_t)R * sizeof(int32_t));
         s->inv = ms_arena_alloc(a, (size_t)R * sizeof(int32_t));
+        s->sidx = l->extracted ? ms_arena_alloc(a, (size_t)R * sizeof(int32_t)) : NULL;
         s->dimp = v->use_balance ? ms_arena_alloc(a, (size_t)E * sizeof(float)) : NULL;
         s->task_bias = v->shared_router ? ms_arena_alloc(a, (size_t)l->E_out * sizeof(float))
                                         : NULL;
@@ -125,6 +139,15 @@ void moe_alloc(ms_vit *v, moe_layer *l, ms_arena *a) {
     }
     /* A and freq live in the backbone's contiguous statistics buffer (one all-reduce) */
     if (v->use_mi) l->dA = ms_arena_alloc(a, (size_t)v->T * E * sizeof(float));
+    if (l->extracted) l->map = ms_arena_alloc(a, (size_t)E * sizeof(int32_t));
+}
+
+void moe_upload_map(ms_vit *v, moe_layer *l) {
+    if (!l->extracted) return;
+    int32_t map[l->E]; /* [E] a few dozen entries */
+    for (int e = 0; e < l->E; e++) map[e] = l->E_keep;
+    for (int c = 0; c < l->E_keep; c++) map[l->kept[c]] = c;
+    v->be->upload(v->be, l->map, map, (size_t)l->E * sizeof(int32_t));
 }
 
 /* ---- router ---------------------------------------------------------------------------------- */
@@ -172,7 +195,24 @@ static void route(ms_vit *v, moe_layer *l, int p, const ms_act *xn) {
     if (v->use_balance)
         be->balance_loss(be, v->aux + l->aux_balance[p], s->dimp, s->gate, s->idx, M, E, K,
                          (float)v->cfg->model.w_balance);
-    be->dispatch_plan(be, s->offsets, s->perm, s->inv, s->offsets_host, s->idx, M, K, E);
+    if (!l->extracted) {
+        be->dispatch_plan(be, s->offsets, s->perm, s->inv, s->offsets_host, s->idx, M, K, E);
+        return;
+    }
+    /* Extracted: a first plan over the full-model indices only for its offsets, the usage
+     * counts by full-model expert (eval then shows which dropped experts the router still
+     * picks; O(M K), next to nothing beside the expert GEMMs). The plan the GEMMs use groups
+     * the stored experts, then the dropped experts' pairs as one extra expert E_keep. */
+    be->dispatch_plan(be, s->offsets, s->perm, s->inv, s->route_offsets_host, s->idx, M, K, E);
+    be->remap_experts(be, s->sidx, s->idx, l->map, M * K);
+    be->dispatch_plan(be, s->offsets, s->perm, s->inv, s->offsets_host, s->sidx, M, K,
+                      l->E_keep + 1);
+}
+
+/* rows [r0, R) of x[R, cols]: the dispatch rows of the pairs routed to dropped experts. */
+static void zero_rows(ms_vit *v, ms_act *x, int r0, int R, int cols) {
+    if (r0 < R)
+        v->be->zero(v->be, (char *)x + ACT(v, (size_t)r0 * cols), ACT(v, (size_t)(R - r0) * cols));
 }
 
 /* dgate[M, K] (the gate gradient) -> dxn[M, D] += router input gradient; router gradients. */
@@ -203,30 +243,38 @@ static void route_backward(ms_vit *v, moe_layer *l, int p, const ms_act *xn, ms_
 
 /* ---- forward / backward ---------------------------------------------------------------------- */
 
+/* An extracted layer computes the stored experts' rows [0, Rk) of the dispatch order only; the
+ * rows [Rk, R) of the pairs routed to dropped experts are set to zero wherever a later step
+ * reads them (the queries, which the attention reads for every slot, and the expert outputs,
+ * which the combine reads), so those pairs add exactly 0 to the token: the value a full
+ * model gives with the dropped experts' output weights and biases set to zero. */
 void moe_forward(ms_vit *v, moe_layer *l, int p, const ms_act *xn, ms_act *y) {
     ms_backend *be = v->be;
     moe_pass *s = &l->pass[p];
-    int M = v->M, D = v->D, E = l->E, K = l->K, R = M * K, Hx = l->hidden;
+    int M = v->M, D = v->D, E = l->E_keep, K = l->K, R = M * K, Hx = l->hidden;
     route(v, l, p, xn);
+    int Rk = l->extracted ? s->offsets_host[E] : R; /* rows of stored experts */
     ms_act *xg = v->s.rd[0], *yd = v->s.rd[1]; /* [R, D] */
-    be->gather_rows(be, xg, xn, s->perm, K, R, D);
+    be->gather_rows(be, xg, xn, s->perm, K, Rk, D);
     if (l->kind == MOE_MLP) {
         ms_act *act = v->s.hid[0]; /* [R, Hx] */
         be->expert_linear(be, s->h, xg, vp(v, l->w_in), vp(v, l->b_in), s->offsets_host, E, D,
                           Hx);
-        be->gelu(be, act, s->h, (size_t)R * Hx);
+        be->gelu(be, act, s->h, (size_t)Rk * Hx);
         be->expert_linear(be, yd, act, vp(v, l->w_out), vp(v, l->b_out), s->offsets_host, E, Hx,
                           D);
     } else {
         ms_act *qd = v->s.rh[0], *otok = v->s.rh[1]; /* [R, hd] */
         float scale = 1.0f / sqrtf((float)Hx);
         be->expert_linear(be, qd, xg, vp(v, l->w_in), NULL, s->offsets_host, E, D, Hx);
+        zero_rows(v, qd, Rk, R, Hx);
         be->gather_rows(be, s->q, qd, s->inv, 1, R, Hx); /* dispatch order -> (token, slot) */
         be->linear(be, s->kv, xn, vp(v, l->kv_w), vp(v, l->kv_b), M, D, 2 * Hx, MS_W_OUT_IN);
         be->mq_attention(be, otok, s->att, s->q, s->kv, v->B, v->N, K, Hx, scale);
-        be->gather_rows(be, s->od, otok, s->perm, 1, R, Hx); /* (token, slot) -> dispatch */
+        be->gather_rows(be, s->od, otok, s->perm, 1, Rk, Hx); /* (token, slot) -> dispatch */
         be->expert_linear(be, yd, s->od, vp(v, l->w_out), NULL, s->offsets_host, E, Hx, D);
     }
+    zero_rows(v, yd, Rk, R, D);
     be->combine(be, y, yd, s->gate, s->inv, M, K, D);
 }
 
@@ -235,6 +283,7 @@ void moe_backward(ms_vit *v, moe_layer *l, int p, const ms_act *xn, const ms_act
     ms_backend *be = v->be;
     moe_pass *s = &l->pass[p];
     int M = v->M, D = v->D, E = l->E, K = l->K, R = M * K, Hx = l->hidden;
+    MS_ASSERT(!l->extracted); /* ms_model_forward refuses to train an extracted model */
     ms_act *xg = v->s.rd[0], *yd = v->s.rd[1], *dyd = v->s.rd[2]; /* [R, D] */
     ms_act *dxg = yd; /* expert outputs are dead once the gate gradient is known */
     be->gather_rows(be, xg, xn, s->perm, K, R, D);
@@ -293,12 +342,16 @@ double moe_macs_per_token(const ms_vit *v, const moe_layer *l) {
     return router + K * D * Hx + D * 2 * Hx + 2 * K * N * Hx + K * Hx * D;
 }
 
+double moe_macs_per_pair(const ms_vit *v, const moe_layer *l) {
+    return 2.0 * v->D * l->hidden; /* in and out projections of one expert */
+}
+
 double moe_active_params(const ms_vit *v, const moe_layer *l) {
     const ms_param_table *pt = v->pt;
     double per_expert = 0;
     int ids[4] = {l->w_in, l->b_in, l->w_out, l->b_out};
     for (int i = 0; i < 4; i++)
-        if (ids[i] >= 0) per_expert += (double)pt->t[ids[i]].numel / l->E;
+        if (ids[i] >= 0) per_expert += (double)pt->t[ids[i]].numel / l->E_keep;
     double n = l->K * per_expert;
     /* one task's router (the shared one has both halves) */
     n += (double)l->E_out * v->D * (v->shared_router ? 2 : 1);

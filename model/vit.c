@@ -59,9 +59,11 @@ ms_vit *ms_vit_create(const ms_config *cfg, ms_backend *be, int B, int rank, ms_
     v->P = arch == MS_ARCH_HARD_SHARING ? 1 : v->T;
     int moe_arch = arch == MS_ARCH_MODSQUAD || arch == MS_ARCH_TASK_MOE || arch == MS_ARCH_M3VIT;
     v->task_embed = arch == MS_ARCH_MODSQUAD || arch == MS_ARCH_TASK_MOE;
+    /* An extracted model (model.kept_experts) is evaluated, never trained: no routing losses. */
+    v->extracted = moe_arch && mc->kept_experts.layers > 0;
     /* I(T;E) of a single task is 0 whatever the routing: no loss to add. */
-    v->use_mi = arch == MS_ARCH_MODSQUAD && mc->w_mi > 0 && v->T >= 2;
-    v->use_balance = arch == MS_ARCH_M3VIT && mc->w_balance > 0;
+    v->use_mi = arch == MS_ARCH_MODSQUAD && mc->w_mi > 0 && v->T >= 2 && !v->extracted;
+    v->use_balance = arch == MS_ARCH_M3VIT && mc->w_balance > 0 && !v->extracted;
     v->noisy = moe_arch && mc->noisy_gating;
     v->shared_router = arch == MS_ARCH_TASK_MOE && mc->router == MS_ROUTER_SHARED_TASK_CONDITIONED;
     v->router_eps = (float)mc->router_eps;
@@ -72,6 +74,7 @@ ms_vit *ms_vit_create(const ms_config *cfg, ms_backend *be, int B, int rank, ms_
     uint64_t mlp_mask = moe_arch ? mc->moe_mlp_blocks.mask : 0;
     if (arch == MS_ARCH_M3VIT) attn_mask = 0;
     v->n_moe = popcount64(attn_mask) + popcount64(mlp_mask);
+    MS_ASSERT(!v->extracted || mc->kept_experts.layers == v->n_moe); /* config_check.c */
     v->moe = v->n_moe ? ms_calloc((size_t)v->n_moe, sizeof *v->moe) : NULL;
     for (int i = 0, l = 0; i < v->depth; i++) {
         if (attn_mask >> i & 1) v->blk[i].attn_moe = &v->moe[l], v->moe[l].index = l, l++;
@@ -100,7 +103,9 @@ ms_vit *ms_vit_create(const ms_config *cfg, ms_backend *be, int B, int rank, ms_
         if (v->use_mi) m->aux_mi = v->n_aux++;
         for (int p = 0; p < v->P; p++) {
             if (v->use_balance) m->aux_balance[p] = v->n_aux++;
-            m->pass[p].offsets_host = ms_calloc((size_t)m->E + 1, sizeof(int32_t));
+            m->pass[p].offsets_host = ms_calloc((size_t)m->E + 2, sizeof(int32_t));
+            if (m->extracted)
+                m->pass[p].route_offsets_host = ms_calloc((size_t)m->E + 1, sizeof(int32_t));
         }
     }
     int Emax = 1;
@@ -113,7 +118,10 @@ ms_vit *ms_vit_create(const ms_config *cfg, ms_backend *be, int B, int rank, ms_
 void ms_vit_destroy(ms_vit *v) {
     if (!v) return;
     for (int l = 0; l < v->n_moe; l++)
-        for (int p = 0; p < v->P; p++) free(v->moe[l].pass[p].offsets_host);
+        for (int p = 0; p < v->P; p++) {
+            free(v->moe[l].pass[p].offsets_host);
+            free(v->moe[l].pass[p].route_offsets_host);
+        }
     free(v->moe);
     free(v->init);
     free(v->noise_host);
@@ -190,7 +198,11 @@ void ms_vit_alloc(ms_vit *v, ms_arena *a) {
     s->dbias = ms_arena_alloc(a, 2 * Emax * sizeof(float));
 }
 
-void ms_vit_bind(ms_vit *v, float *params, float *grads) { v->params = params, v->grads = grads; }
+void ms_vit_bind(ms_vit *v, float *params, float *grads) {
+    v->params = params, v->grads = grads;
+    /* the maps of an extracted model live in the arena, placed by now; upload them once */
+    for (int l = 0; l < v->n_moe; l++) moe_upload_map(v, &v->moe[l]);
+}
 
 void ms_vit_set_stats_sum(ms_vit *v, ms_sum_fn fn, void *ctx, int world) {
     MS_ASSERT(world >= 1 && (fn || world == 1));
@@ -332,13 +344,20 @@ int ms_vit_moe_layers(const ms_vit *v) { return v->n_moe; }
 ms_moe_info ms_vit_moe_info(const ms_vit *v, int layer) {
     MS_ASSERT(layer >= 0 && layer < v->n_moe);
     const moe_layer *m = &v->moe[layer];
-    return (ms_moe_info){m->block, m->kind == MOE_ATTN, m->E, m->K};
+    return (ms_moe_info){.block = m->block,
+                         .attn = m->kind == MOE_ATTN,
+                         .E = m->E,
+                         .K = m->K,
+                         .E_keep = m->E_keep,
+                         .kept = m->kept,
+                         .pair_flops = 2 * moe_macs_per_pair(v, m)};
 }
 
 void ms_vit_expert_counts(const ms_vit *v, int layer, int t, int64_t *counts) {
     MS_ASSERT(layer >= 0 && layer < v->n_moe && t >= 0 && t < v->T && v->forwarded);
     const moe_layer *m = &v->moe[layer];
-    const int32_t *off = m->pass[t].offsets_host;
+    /* by full-model expert, dropped experts of an extracted model included */
+    const int32_t *off = m->extracted ? m->pass[t].route_offsets_host : m->pass[t].offsets_host;
     for (int e = 0; e < m->E; e++) counts[e] = off[e + 1] - off[e];
 }
 

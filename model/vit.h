@@ -66,12 +66,18 @@ void ms_vit_aux_losses(const ms_vit *v, double *mi, double *balance);
 typedef struct {
     int block;    /* transformer block */
     int attn;     /* 1: MoE attention, 0: MoE MLP */
-    int E, K;
+    int E, K;     /* experts routed over, experts each token selects */
+    /* An extracted model (model.kept_experts) stores E_keep of the E experts: kept[E_keep] are
+     * their full-model indices. A normal model: E_keep = E, kept NULL. */
+    int E_keep;
+    const int16_t *kept;
+    double pair_flops; /* forward FLOPs of the expert GEMMs of one (token, slot) pair */
 } ms_moe_info;
 int ms_vit_moe_layers(const ms_vit *v);
 ms_moe_info ms_vit_moe_info(const ms_vit *v, int layer);
 /* counts[E] = how many (token, slot) selections expert e got in task t's pass of the last
- * forward (host; no device traffic). */
+ * forward (host; no device traffic). Indices are the full model's, also in an extracted model,
+ * whose dropped experts are counted as the router picked them (they computed nothing). */
 void ms_vit_expert_counts(const ms_vit *v, int layer, int t, int64_t *counts);
 /* Device routing of task t's pass in the last forward: idx[M, K] and probs[M, E]. */
 const int32_t *ms_vit_route_idx(const ms_vit *v, int layer, int t);

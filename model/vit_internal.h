@@ -46,10 +46,14 @@ typedef struct {
     float *probs;     /* [M, E] softmax of the router logits */
     int32_t *idx;     /* [M, K] selected experts, descending probability */
     float *gate;      /* [M, K] probs at idx + router_eps */
-    int32_t *offsets; /* [E + 1] device: expert row ranges in dispatch order */
+    int32_t *offsets; /* [E + 2] device: expert row ranges in dispatch order (E + 1 used, or
+                       * E_keep + 2 by an extracted layer) */
     int32_t *perm;    /* [R] dispatch row -> (token, slot) pair */
     int32_t *inv;     /* [R] (token, slot) pair -> dispatch row */
-    int32_t *offsets_host; /* [E + 1] host copy (malloc'ed, not arena) */
+    int32_t *offsets_host; /* [E + 2] host copy (malloc'ed, not arena) */
+    int32_t *sidx;    /* extracted: [M, K] idx as stored-expert indices (E_keep: dropped) */
+    int32_t *route_offsets_host; /* extracted: [E + 1] host offsets of the selections by
+                       * full-model expert (malloc'ed): the usage counts */
     ms_act *h;        /* MLP: [R, Hx] expert pre-activations */
     ms_act *q;        /* attention: [R, hd] = [B, N, K, hd] queries in token order */
     ms_act *kv;       /* attention: [M, 2 hd] the shared key and value head */
@@ -64,11 +68,19 @@ typedef struct {
     int block;   /* transformer block index */
     int index;   /* position among the MoE layers (statistics, noise keys) */
     int E, K;
+    /* An extracted model (model.kept_experts) stores E_keep of the E experts. It routes over
+     * all E as the full model does; the pairs of dropped experts go to the stored index E_keep,
+     * a "null" expert whose rows are zero, so they add exactly nothing. */
+    int E_keep;  /* experts whose weights exist: E, or the kept ones */
+    int extracted;
+    const int16_t *kept; /* [E_keep] full-model index of each stored expert (extracted only) */
+    int32_t *map;        /* [E] device: full-model index -> stored index (extracted only) */
     int hidden;  /* MLP: expert hidden width Hx; attention: expert head width hd */
     int E_out;   /* router outputs: E, or 2E with noisy gating */
     /* parameter table indices (-1: absent) */
-    int w_in, b_in;      /* experts.w [E, D, Hx|hd], experts.b [E, Hx] (MLP only) */
-    int w_out, b_out;    /* output_experts.w [E, Hx|hd, D], output_experts.b [E, D] (MLP only) */
+    int w_in, b_in;      /* experts.w [E_keep, D, Hx|hd], experts.b [E_keep, Hx] (MLP only) */
+    int w_out, b_out;    /* output_experts.w [E_keep, Hx|hd, D], output_experts.b [E_keep, D]
+                          * (MLP only) */
     int kv_w, kv_b;      /* attention: kv_proj.0.weight [2hd, D], .bias [2hd] */
     int gate_w[MS_MAX_TASKS]; /* per_task: f_gate.{t}.0.weight [E', D] */
     int gate_tok, gate_task;  /* shared_task_conditioned: the token and task halves [E', D] */
@@ -149,6 +161,7 @@ struct ms_vit {
     int task_embed;       /* task_embedding added before every block (modsquad, task_moe) */
     int use_mi;           /* MI loss (modsquad with T >= 2 and w_mi > 0) */
     int use_balance;      /* cv^2 balance loss (m3vit with w_balance > 0) */
+    int extracted;        /* model.kept_experts: a single-task model for evaluation only */
     int noisy;            /* noisy gating */
     int shared_router;    /* task_moe with model.router shared_task_conditioned */
     float router_eps;
@@ -212,6 +225,11 @@ void moe_finish(ms_vit *v, moe_layer *l);
 /* Multiply-adds per token of one pass, and parameters active per token of task t. */
 double moe_macs_per_token(const ms_vit *v, const moe_layer *l);
 double moe_active_params(const ms_vit *v, const moe_layer *l);
+/* Multiply-adds of the expert GEMMs of one (token, slot) pair: what a pair routed to a dropped
+ * expert of an extracted model does not compute. */
+double moe_macs_per_pair(const ms_vit *v, const moe_layer *l);
+/* Extracted layers: uploads the full -> stored index map (after ms_vit_bind). */
+void moe_upload_map(ms_vit *v, moe_layer *l);
 
 /* model/blocks.c */
 void block_register(ms_vit *v, ms_param_table *pt, int i);

@@ -160,6 +160,14 @@ static void cpu_dispatch_plan(ms_backend *be, int32_t *offsets, int32_t *perm, i
     if (offsets_host != offsets) memcpy(offsets_host, offsets, (size_t)(E + 1) * sizeof *offsets);
 }
 
+/* A table lookup over at most a few hundred thousand pairs: serial, like the dispatch it
+ * feeds. Each element is read before it is written, so out may alias idx. */
+static void cpu_remap_experts(ms_backend *be, int32_t *out, const int32_t *idx, const int32_t *map,
+                              int n) {
+    (void)be;
+    for (int i = 0; i < n; i++) out[i] = map[idx[i]];
+}
+
 static void cpu_gather_rows(ms_backend *be, ms_act *out, const ms_act *in, const int32_t *idx,
                             int div, int R, int D) {
     (void)be;
@@ -504,6 +512,7 @@ void cpu_register_moe(ms_backend *be) {
     be->route = cpu_route;
     be->route_bwd = cpu_route_bwd;
     be->dispatch_plan = cpu_dispatch_plan;
+    be->remap_experts = cpu_remap_experts;
     be->gather_rows = cpu_gather_rows;
     be->combine = cpu_combine;
     be->combine_bwd = cpu_combine_bwd;

@@ -18,6 +18,7 @@
  *    expert therefore follow the pair index p = m*K + j, the CPU's order, bit for bit. The
  *    offsets go to offsets_host with one device-to-host copy and a stream synchronisation,
  *    because the per-expert GEMM sizes are host arguments of cuBLAS (linear.cu).
+ *  - remap_experts: one thread per pair, a table lookup (extracted models).
  *  - combine / combine_bwd: a block per token reads or writes its K rows; no two tokens share
  *    an output, so there are no atomics and sums follow the CPU's j order.
  *  - mi_accumulate / mi_loss: block reductions in double in a fixed order; mi_loss is one block
@@ -32,6 +33,7 @@
 #define SCAN_THREADS 1024
 #define ROW_THREADS 128 /* gather / combine: threads over the D columns of a row */
 #define MI_THREADS 256
+#define REMAP_THREADS 256
 
 /* ---- route ----------------------------------------------------------------------------------- */
 
@@ -287,6 +289,23 @@ static void cuda_dispatch_plan(ms_backend *be, int32_t *offsets, int32_t *perm, 
                  E);
 }
 
+/* ---- remap ----------------------------------------------------------------------------------- */
+
+/* Thread i: out[i] = map[idx[i]]; each thread reads its element before writing it, so out may
+ * alias idx. */
+__global__ void __launch_bounds__(REMAP_THREADS)
+    remap_experts_kernel(int32_t *out, const int32_t *idx, const int32_t *map, int n) {
+    size_t i = (size_t)blockIdx.x * REMAP_THREADS + threadIdx.x;
+    if (i < (size_t)n) out[i] = map[idx[i]];
+}
+
+static void cuda_remap_experts(ms_backend *be, int32_t *out, const int32_t *idx,
+                               const int32_t *map, int n) {
+    if (n > 0)
+        MS_LAUNCH(remap_experts_kernel, cdiv((size_t)n, REMAP_THREADS), REMAP_THREADS, 0,
+                  cuda_stream(be), out, idx, map, n);
+}
+
 /* ---- gather, combine ------------------------------------------------------------------------- */
 
 /* Block r: out[r, :] = in[idx[r] / div, :]; out[R, D], in[rows, D], idx[R]. */
@@ -484,6 +503,7 @@ void cuda_register_moe(ms_backend *be) {
     be->route = cuda_route;
     be->route_bwd = cuda_route_bwd;
     be->dispatch_plan = cuda_dispatch_plan;
+    be->remap_experts = cuda_remap_experts;
     be->gather_rows = cuda_gather_rows;
     be->combine = cuda_combine;
     be->combine_bwd = cuda_combine_bwd;

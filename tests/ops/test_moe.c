@@ -266,6 +266,56 @@ Test(moe, dispatch_plan_deterministic) {
     check_plan(idx, M, K, E);
 }
 
+/* ---- remap_experts (extracted models) ------------------------------------------------------ */
+
+/* out = map[idx] against a plain lookup, out of place and in place, then as an extracted layer
+ * uses it: dispatch over E_keep + 1 experts puts the dropped experts' pairs last, in pair
+ * order. */
+Test(moe, remap_experts) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(23);
+    int E = 11, kept[4] = {1, 4, 5, 9}, Ek = 4;
+    int32_t map[11];
+    for (int e = 0; e < E; e++) map[e] = Ek;
+    for (int c = 0; c < Ek; c++) map[kept[c]] = c;
+    int sizes[3] = {1, 7, 3001};
+    for (int s = 0; s < 3; s++) {
+        int n = sizes[s];
+        int32_t *idx = tu_ints(n), *out = tu_ints(n), *copy = tu_ints(n);
+        for (int i = 0; i < n; i++) idx[i] = tu_randint(&r, 0, E - 1);
+        memset(out, 0xff, (size_t)n * sizeof *out);
+        be->remap_experts(be, out, idx, map, n);
+        for (int i = 0; i < n; i++) {
+            int want = Ek;
+            for (int c = 0; c < Ek; c++)
+                if (kept[c] == idx[i]) want = c;
+            cr_assert_eq(out[i], want, "n %d: out[%d] = %d for expert %d, want %d", n, i, out[i],
+                         idx[i], want);
+        }
+        memcpy(copy, idx, (size_t)n * sizeof *idx);
+        be->remap_experts(be, copy, copy, map, n); /* in place */
+        cr_assert(memcmp(copy, out, (size_t)n * sizeof *out) == 0, "in place differs (n %d)", n);
+    }
+    /* n = 0 touches nothing */
+    int32_t untouched = 77, src = 3;
+    be->remap_experts(be, &untouched, &src, map, 0);
+    cr_assert_eq(untouched, 77);
+
+    /* The extracted layer's plan: M tokens, K slots, the dropped pairs grouped last. */
+    int M = 31, K = 3, R = M * K;
+    int32_t *idx = tu_ints(R), *sidx = tu_ints(R);
+    for (int p = 0; p < R; p++) idx[p] = tu_randint(&r, 0, E - 1);
+    be->remap_experts(be, sidx, idx, map, R);
+    check_plan(sidx, M, K, Ek + 1);
+    int32_t *off = tu_ints(Ek + 2), *offh = tu_ints(Ek + 2), *perm = tu_ints(R), *inv = tu_ints(R);
+    be->dispatch_plan(be, off, perm, inv, offh, sidx, M, K, Ek + 1);
+    int dropped = 0;
+    for (int p = 0; p < R; p++) dropped += map[idx[p]] == Ek;
+    cr_assert_eq(R - offh[Ek], dropped, "the null bucket holds %d pairs, want %d", R - offh[Ek],
+                 dropped);
+    cr_assert_gt(dropped, 0);
+}
+
 /* ---- gather / combine ---------------------------------------------------------------------- */
 
 Test(moe, gather_rows) {

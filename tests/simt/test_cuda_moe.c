@@ -1,8 +1,8 @@
 /* The CUDA MoE ops (kernels/cuda/moe.cu, expert GEMMs in test_cuda_linear.c) run by the emulator
  * against the CPU ops, with fp32 and bf16 activations: routing (ties, K = E, a single token,
  * E not a multiple of the warp, E = 256), its backward, the dispatch plan (bit-identical to the
- * CPU's stable order, several tiles, empty experts), gather, combine and its backward, and the
- * mutual-information statistics and loss. Tolerances: harness.h. */
+ * CPU's stable order, several tiles, empty experts), the expert remap of extracted models,
+ * gather, combine and its backward, and the mutual-information statistics and loss. Tolerances: harness.h. */
 #include "harness.h"
 
 #include <math.h>
@@ -160,6 +160,41 @@ Test(cuda_moe, dispatch_plan_rejects_a_bad_index, .exit_code = 1, .init = sim_si
     int32_t *doff = sim_garbage(be, 5 * 4), *dperm = sim_garbage(be, 6 * 4),
             *dinv = sim_garbage(be, 6 * 4);
     be->dispatch_plan(be, doff, dperm, dinv, offh, sim_i32(be, idx, 6), 3, 2, 4);
+}
+
+/* ---- remap_experts ----------------------------------------------------------------------------- */
+
+/* The table lookup of an extracted model's layer, out of place and in place, against the CPU;
+ * sizes from one pair to several blocks. */
+static void check_remap(int n, int E, int E_keep, uint64_t seed) {
+    ms_backend *cpu = tu_cpu(), *be = sim_cuda(MS_F32);
+    tu_rng r = tu_seed(seed);
+    int32_t *idx = tu_ints((size_t)n), *map = tu_ints((size_t)E), *ref = tu_ints((size_t)n);
+    for (int e = 0; e < E; e++) map[e] = E_keep; /* dropped */
+    for (int c = 0, e = 0; c < E_keep; c++, e += E / E_keep) map[e] = c;
+    for (int i = 0; i < n; i++) idx[i] = tu_randint(&r, 0, E - 1);
+    cpu->remap_experts(cpu, ref, idx, map, n);
+
+    int32_t *dmap = sim_i32(be, map, (size_t)E), *didx = sim_i32(be, idx, (size_t)n);
+    int32_t *dout = sim_garbage(be, (size_t)n * 4);
+    be->remap_experts(be, dout, didx, dmap, n);
+    char what[96];
+    snprintf(what, sizeof what, "remap_experts n %d E %d E_keep %d", n, E, E_keep);
+    sim_expect_ints(what, sim_get_i32(be, dout, (size_t)n), ref, (size_t)n);
+    be->remap_experts(be, didx, didx, dmap, n); /* in place */
+    snprintf(what, sizeof what, "remap_experts in place n %d E %d E_keep %d", n, E, E_keep);
+    sim_expect_ints(what, sim_get_i32(be, didx, (size_t)n), ref, (size_t)n);
+    sim_free_all();
+}
+
+Test(cuda_moe, remap_experts) {
+    check_remap(1, 4, 2, 41);      /* a single pair */
+    check_remap(255, 16, 5, 42);   /* one partial block */
+    check_remap(788, 24, 12, 43);  /* several blocks, the last partial */
+    check_remap(1024, 8, 8, 44);   /* nothing dropped: the identity */
+    check_remap(100, 256, 3, 45);  /* the most experts */
+    ms_backend *be = sim_cuda(MS_F32);
+    be->remap_experts(be, NULL, NULL, NULL, 0); /* no pairs: no launch */
 }
 
 /* ---- gather, combine ------------------------------------------------------------------------- */

@@ -1,0 +1,514 @@
+/* Data-parallel training (issue 7): `modsquad train` started as 2 MPI ranks against 1 process
+ * with the same global batch (weights, MI statistics, losses, sharded evaluation), a signal
+ * that every rank turns into the same checkpoint, ranks that hang or die, and the launcher
+ * environment read by kernels/comm.
+ *
+ * mpirun runs with what a sandbox without a network allows: shared memory only (btl self,vader
+ * without the CMA single copy, which needs ptrace rights), more ranks than cores, no binding,
+ * root allowed when the tests run as root, one OpenMP thread per rank. */
+#include <dirent.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/hooks.h>
+
+#include "../../kernels/comm/comm.h"
+#include "../../model/safetensors.h"
+#include "../testutil.h"
+
+static char dir[128], data[192];
+
+static const char *bin(void) {
+    const char *b = getenv("MODSQUAD_BIN");
+    return b ? b : "./modsquad";
+}
+
+static void need_mpi(void) {
+#ifndef MS_HAVE_MPI
+    cr_skip_test("this build has no MPI (make found no mpicc, or MPI=0)");
+#endif
+}
+
+/* One synthetic dataset for all the tests of a run, named after the Criterion runner (every
+ * test's parent): the first test that needs it writes it into a directory of its own and renames
+ * that into place, so that tests running in parallel never read half of one (a test that loses
+ * the race drops its copy); the runner removes it when every test is done. */
+static void shared_data(void) {
+    snprintf(data, sizeof data, "/tmp/ms_mpi_data_%ld", (long)getppid());
+    char marker[256], mine[256], cmd[1024];
+    snprintf(marker, sizeof marker, "%s/splits.csv", data);
+    if (access(marker, F_OK) == 0) return;
+    snprintf(mine, sizeof mine, "%s.%ld", data, (long)getpid());
+    snprintf(cmd, sizeof cmd,
+             "%s synth --out %s --layout taskonomy --count 60 --size 36 --seed 3 -q >/dev/null 2>&1",
+             bin(), mine);
+    cr_assert_eq(system(cmd), 0, "synth failed: %s", cmd);
+    if (rename(mine, data) != 0) {
+        snprintf(cmd, sizeof cmd, "rm -rf %s", mine);
+        cr_assert_eq(system(cmd), 0);
+    }
+    cr_assert_eq(access(marker, F_OK), 0, "no dataset at %s", data);
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
+    (void)stats;
+    char shared[64];
+    snprintf(shared, sizeof shared, "/tmp/ms_mpi_data_%ld", (long)getpid());
+    if (access(shared, F_OK) == 0) tu_tmpdir_remove(shared);
+}
+
+static void setup(void) {
+    need_mpi();
+    tu_tmpdir_make(dir, sizeof dir, "mpi");
+    shared_data();
+}
+
+static void teardown(void) {
+    if (dir[0]) tu_tmpdir_remove(dir);
+}
+
+/* A tiny model on 32-pixel images, as tests/cli/test_train.c trains it. The tasks are those
+ * whose loss is a plain mean over the batch (no masked pixels, no ignored labels), so that the
+ * mean of the ranks' losses is the loss of the global batch; drop path on, so that its
+ * per-sample masks must follow the sample, not the rank. */
+#define TINY                                                                                    \
+    "--set data.image_size=32 --set data.resize=36 --set model.patch=8 --set model.dim=32 "      \
+    "--set model.depth=2 --set model.heads=2 --set model.attn_experts=4 --set model.attn_topk=2 " \
+    "--set model.mlp_experts=4 --set model.mlp_topk=2 --set train.batch_size=4 "                 \
+    "--set train.warmup_steps=2 --set eval.batch_size=4 --set model.drop_path=0.1 "            \
+    "--set run.progress=off --set run.log_every=1 --set train.checkpoint_every=0 "               \
+    "--set train.eval_every=0 "
+#define PLAIN_TASKS "--set 'data.tasks=[edge_texture, keypoints2d, segment_unsup2d, class_object]' "
+
+/* The command that trains run `name` on `ranks` ranks (1: no mpirun), output in DIR/NAME.out. */
+static void train_cmd(char *cmd, size_t cap, int ranks, const char *name, const char *extra) {
+    char launch[512] = "";
+    if (ranks > 1)
+        snprintf(launch, sizeof launch, "mpirun --oversubscribe --bind-to none %s -np %d ",
+                 geteuid() == 0 ? "--allow-run-as-root" : "", ranks);
+    /* Under SANITIZE=1 the ranks skip the leak check: OpenMPI keeps its own allocations (many
+     * from plugins it has unloaded, so no suppression can name them) past MPI_Finalize. The
+     * 1-process runs of the same code keep it. */
+    snprintf(cmd, cap,
+             "OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive OMPI_MCA_btl=self,vader "
+             "OMPI_MCA_btl_vader_single_copy_mechanism=none %s exec %s%s train configs/demo.yaml " TINY
+             "--set data.root=%s --set run.dir=%s --set run.name=%s %s >%s/%s.out 2>&1",
+             ranks > 1 ? "ASAN_OPTIONS=\"$ASAN_OPTIONS:detect_leaks=0\"" : "", launch, bin(), data,
+             dir, name, extra, dir, name);
+}
+
+/* Runs it to the end; returns the exit status. */
+static int train(int ranks, const char *name, const char *extra) {
+    char cmd[4096];
+    train_cmd(cmd, sizeof cmd, ranks, name, extra);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Starts it in the background; returns the pid of mpirun itself (the shell execs it). */
+static pid_t start(int ranks, const char *name, const char *extra) {
+    char cmd[4096];
+    train_cmd(cmd, sizeof cmd, ranks, name, extra);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int file_has(const char *path, const char *text) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) found = strstr(line, text) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* Waits until run `name` has logged its first step (rank 0 writes the log). */
+static void wait_first_step(const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/log.jsonl", dir, name);
+    for (int i = 0; i < 1500 && !file_has(path, "\"kind\":\"step\""); i++) usleep(20000);
+    cr_assert(file_has(path, "\"kind\":\"step\""), "%s never logged a step", name);
+}
+
+/* The child of mpirun that is rank `rank` (OpenMPI puts OMPI_COMM_WORLD_RANK in its
+ * environment). */
+static pid_t rank_pid(pid_t launcher, int rank) {
+    char want[64];
+    int wlen = snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank) + 1; /* with the NUL */
+    DIR *d = opendir("/proc");
+    cr_assert_not_null(d);
+    struct dirent *e;
+    pid_t found = -1;
+    while (found < 0 && (e = readdir(d))) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0) continue;
+        char path[64], buf[1 << 16];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *paren = strrchr(buf, ')'); /* the command name may hold spaces */
+        long ppid = -1;
+        if (!paren || sscanf(paren + 1, " %*c %ld", &ppid) != 1 || ppid != launcher) continue;
+        snprintf(path, sizeof path, "/proc/%ld/environ", pid);
+        if (!(f = fopen(path, "r"))) continue;
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        for (size_t i = 0; i + (size_t)wlen <= n; i += strlen(buf + i) + 1)
+            if (memcmp(buf + i, want, (size_t)wlen) == 0) found = (pid_t)pid;
+    }
+    closedir(d);
+    cr_assert(found > 0, "no rank %d under mpirun (pid %d)", rank, (int)launcher);
+    return found;
+}
+
+/* waitpid with a limit: the exit status (128 + signal when killed), or -1 after `limit` s. */
+static int wait_exit(pid_t pid, double limit, double *took) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        *took = (double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (*took > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        usleep(20000);
+    }
+}
+
+/* ---- weights and logs -------------------------------------------------------------------- */
+
+/* Every tensor of two checkpoints within tol of the larger magnitude of the first (tol 0:
+ * bit-identical). */
+static void expect_weights(const char *run_a, const char *run_b, double tol) {
+    char a[512], b[512], err[512];
+    snprintf(a, sizeof a, "%s/%s/last.safetensors", dir, run_a);
+    snprintf(b, sizeof b, "%s/%s/last.safetensors", dir, run_b);
+    ms_st_file fa, fb;
+    cr_assert_eq(ms_safetensors_read(a, &fa, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ms_safetensors_read(b, &fb, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(fa.n, fb.n);
+    for (int i = 0; i < fa.n; i++) {
+        const ms_st_tensor *ta = &fa.t[i], *tb = &fb.t[i];
+        cr_assert_str_eq(ta->name, tb->name);
+        cr_assert_eq(ta->end - ta->begin, tb->end - tb->begin);
+        size_t n = (ta->end - ta->begin) / sizeof(float);
+        const float *x = (const float *)(fa.data + ta->begin), *y = (const float *)(fb.data + tb->begin);
+        if (tol == 0) {
+            cr_assert_eq(memcmp(x, y, n * sizeof(float)), 0, "%s differs between %s and %s", ta->name, a, b);
+            continue;
+        }
+        double scale = 1e-3, worst = 0;
+        for (size_t k = 0; k < n; k++) scale = fmax(scale, fabs(x[k]));
+        for (size_t k = 0; k < n; k++) worst = fmax(worst, fabs((double)x[k] - y[k]));
+        cr_assert(worst <= tol * scale, "%s: %s and %s differ by %g (scale %g, tolerance %g)",
+                  ta->name, run_a, run_b, worst, scale, tol * scale);
+    }
+    ms_safetensors_free(&fa);
+    ms_safetensors_free(&fb);
+}
+
+/* `key`'s value in each step record of run `name`'s log; returns how many. */
+static int step_values(const char *name, const char *key, double *out, int cap) {
+    char path[512], line[8192], pat[64];
+    snprintf(path, sizeof path, "%s/%s/log.jsonl", dir, name);
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "no log %s", path);
+    int n = 0;
+    while (n < cap && fgets(line, sizeof line, f)) {
+        if (!strstr(line, "\"kind\":\"step\"")) continue;
+        const char *p = strstr(line, pat);
+        cr_assert_not_null(p, "a step of %s has no %s", path, key);
+        out[n++] = strtod(p + strlen(pat), NULL);
+    }
+    fclose(f);
+    return n;
+}
+
+static void expect_logs_close(const char *a, const char *b, const char *key, double rel) {
+    double va[64], vb[64];
+    int na = step_values(a, key, va, 64), nb = step_values(b, key, vb, 64);
+    cr_assert(na > 0 && na == nb, "%s has %d steps, %s %d", a, na, b, nb);
+    for (int i = 0; i < na; i++)
+        cr_assert(fabs(va[i] - vb[i]) <= rel * fabs(va[i]) + 1e-12,
+                  "step %d: %s %.9g in %s, %.9g in %s", i, key, va[i], a, vb[i], b);
+}
+
+/* The last evaluation record of run `name`'s log into buf. */
+static void last_eval(const char *name, char *buf, size_t cap) {
+    char path[512], line[1 << 15];
+    snprintf(path, sizeof path, "%s/%s/log.jsonl", dir, name);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "no log %s", path);
+    buf[0] = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"kind\":\"eval\"")) snprintf(buf, cap, "%s", strstr(line, "\"metrics\""));
+    fclose(f);
+    cr_assert(buf[0], "%s logged no evaluation", name);
+}
+
+/* Two metrics texts: the same names in the same order, every number within rel. */
+static void expect_metrics_close(const char *a, const char *b, double rel) {
+    int values = 0;
+    while (*a && *b) {
+        if ((*a == '-' || (*a >= '0' && *a <= '9')) && a[-1] != '"' && a[-1] != '_') {
+            char *ea, *eb;
+            double x = strtod(a, &ea), y = strtod(b, &eb);
+            cr_assert(eb != b, "the metrics differ in shape at ...%.40s", a);
+            cr_assert(fabs(x - y) <= rel * fabs(x) + 1e-12, "%.17g against %.17g at ...%.60s", x, y, a);
+            a = ea, b = eb, values++;
+            continue;
+        }
+        cr_assert_eq(*a, *b, "the metrics differ in shape at ...%.40s", a);
+        a++, b++;
+    }
+    cr_assert(values > 10, "only %d numbers compared", values);
+}
+
+/* ---- the tests ------------------------------------------------------------------------------ */
+
+TestSuite(mpi, .init = setup, .fini = teardown, .timeout = 120);
+
+/* 2 ranks with half of every global batch each train the weights 1 process trains on the whole
+ * batch: the gradients averaged, the MI statistics summed before the MI loss, the losses
+ * reduced. Two micro-steps per step check the averaging over both. */
+Test(mpi, two_ranks_train_like_one_process) {
+    const char *extra = PLAIN_TASKS "--set train.steps=6 --set train.accum_steps=2 --set eval.max_images=8";
+    cr_assert_eq(train(1, "one", extra), 0, "see %s/one.out", dir);
+    cr_assert_eq(train(2, "two", extra), 0, "see %s/two.out", dir);
+    expect_weights("one", "two", 2e-5);
+    /* The MI loss is computed from the summed statistics: without the sum each rank would see
+     * half the batch and the value would differ in the second digit. */
+    expect_logs_close("one", "two", "mi_loss", 1e-4);
+    expect_logs_close("one", "two", "loss", 1e-5);
+    expect_logs_close("one", "two", "grad_norm", 1e-4);
+    char out[512];
+    snprintf(out, sizeof out, "%s/two.out", dir);
+    cr_assert(file_has(out, "ranks      2 (mpi)"), "%s does not say it ran on 2 ranks", out);
+}
+
+/* The same weights evaluated by 1 and by 2 ranks give the same metrics, all tasks of the demo
+ * (masked pixels, ignored labels, classification). The validation split has 5 images, so the
+ * second global batch leaves rank 1 nothing: it must still take part. Training to the last step
+ * and resuming there makes `train` evaluate without training, on 1 rank and on 2 (every rank
+ * loading the checkpoint). */
+Test(mpi, sharded_evaluation_equals_one_process) {
+    cr_assert_eq(train(1, "ev1", "--set train.steps=2 --set eval.max_images=0"), 0, "see %s/ev1.out", dir);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp -r %s/ev1 %s/ev2", dir, dir);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(train(1, "ev1", "--set train.steps=2 --set eval.max_images=0 --resume auto"), 0);
+    cr_assert_eq(train(2, "ev2", "--set train.steps=2 --set eval.max_images=0 --resume auto"), 0,
+                 "see %s/ev2.out", dir);
+    static char a[1 << 15], b[1 << 15];
+    last_eval("ev1", a, sizeof a);
+    last_eval("ev2", b, sizeof b);
+    expect_metrics_close(a, b, 1e-9);
+    expect_weights("ev1", "ev2", 0);
+}
+
+/* SIGUSR1 to mpirun (which forwards it, as srun does) stops every rank at the same step with
+ * one checkpoint and status 75; 2 ranks resuming from it end bit-identical to a run that never
+ * stopped. */
+Test(mpi, signal_checkpoints_and_every_rank_resumes) {
+    /* 400 steps of a few ms: the signal comes long before the end. */
+    const char *extra = PLAIN_TASKS "--set train.steps=400 --set eval.max_images=8";
+    cr_assert_eq(train(2, "full", extra), 0, "see %s/full.out", dir);
+    pid_t pid = start(2, "sig", extra);
+    wait_first_step("sig");
+    kill(pid, SIGUSR1);
+    double took;
+    int code = wait_exit(pid, 60, &took);
+    cr_assert_neq(code, -1, "the ranks did not stop after SIGUSR1");
+    cr_assert_eq(code, 75, "SIGUSR1 should end in 75 (requeue), got %d: see %s/sig.out", code, dir);
+    char out[512];
+    snprintf(out, sizeof out, "%s/sig.out", dir);
+    cr_assert(file_has(out, "modsquad: stopped by signal 10 after step"), "see %s", out);
+    char extra2[512];
+    snprintf(extra2, sizeof extra2, "%s --resume auto", extra);
+    cr_assert_eq(train(2, "sig", extra2), 0, "see %s/sig.out", dir);
+    expect_weights("full", "sig", 0);
+}
+
+/* A rank that stops answering (SIGSTOP) makes the other give up at the collective timeout with
+ * a message naming it, and the whole job ends non-zero. */
+Test(mpi, hung_rank_stops_every_rank_at_the_timeout) {
+    pid_t pid = start(2, "hang", PLAIN_TASKS "--set train.steps=100000 --comm-timeout 4");
+    wait_first_step("hang");
+    pid_t r1 = rank_pid(pid, 1);
+    kill(r1, SIGSTOP);
+    double took;
+    int code = wait_exit(pid, 60, &took);
+    kill(r1, SIGKILL); /* in case it is still stopped */
+    cr_assert_neq(code, -1, "the job still runs 60 s after rank 1 stopped");
+    cr_assert_neq(code, 0);
+    cr_assert(took < 30, "the job took %.1f s to stop", took);
+    char out[512];
+    snprintf(out, sizeof out, "%s/hang.out", dir);
+    cr_assert(file_has(out, "did not complete within 4 s: another rank has stopped or hangs"),
+              "no timeout message in %s", out);
+}
+
+/* A rank killed outright: the launcher and the timeout end the others too. */
+Test(mpi, killed_rank_stops_every_rank) {
+    pid_t pid = start(2, "kill", PLAIN_TASKS "--set train.steps=100000 --comm-timeout 4");
+    wait_first_step("kill");
+    kill(rank_pid(pid, 1), SIGKILL);
+    double took;
+    int code = wait_exit(pid, 60, &took);
+    cr_assert_neq(code, -1, "the job still runs 60 s after rank 1 died");
+    cr_assert_neq(code, 0);
+    cr_assert(took < 30, "the job took %.1f s to stop", took);
+}
+
+/* Worlds that cannot work are refused with a reason before any step. */
+Test(mpi, impossible_worlds_are_explained) {
+    cr_assert_neq(train(3, "odd", "--set train.steps=2"), 0);
+    char out[512];
+    snprintf(out, sizeof out, "%s/odd.out", dir);
+    cr_assert(file_has(out, "must be divisible by the 3 ranks"), "see %s", out);
+    cr_assert_neq(train(2, "none", "--set train.steps=2 --set run.comm=none"), 0);
+    snprintf(out, sizeof out, "%s/none.out", dir);
+    cr_assert(file_has(out, "but run.comm is none"), "see %s", out);
+    cr_assert_neq(train(2, "nccl", "--set train.steps=2 --set run.comm=nccl --set run.device=cpu"), 0);
+    snprintf(out, sizeof out, "%s/nccl.out", dir);
+    cr_assert(file_has(out, "run.comm 'nccl'"), "see %s", out);
+}
+
+/* ---- the launcher's environment (kernels/comm/comm_env.c) ---------------------------------- */
+
+static void clear_launcher_env(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                                 "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                 "PMIX_RANK", "PMIX_NAMESPACE", "PMI_RANK", "PMI_SIZE",
+                                 "MPI_LOCALRANKID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
+                                 "SLURM_LOCALID", "SLURM_NODEID", "SLURM_STEP_TASKS_PER_NODE",
+                                 "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT",
+                                 "SLURM_NTASKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) unsetenv(vars[i]);
+}
+
+Test(comm_env, no_launcher_is_one_rank) {
+    clear_launcher_env();
+    setenv("SLURM_NTASKS", "4", 1); /* the batch script itself: still one process */
+    ms_comm_env e;
+    ms_comm_env_detect(&e);
+    cr_assert_eq(e.rank, 0);
+    cr_assert_eq(e.world, 1);
+    cr_assert_eq(e.mpi, 0);
+    cr_assert_str_eq(e.launcher, "none");
+}
+
+Test(comm_env, openmpi) {
+    clear_launcher_env();
+    setenv("OMPI_COMM_WORLD_RANK", "5", 1);
+    setenv("OMPI_COMM_WORLD_SIZE", "8", 1);
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+    setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4", 1);
+    ms_comm_env e;
+    ms_comm_env_detect(&e);
+    cr_assert(e.rank == 5 && e.world == 8 && e.local_rank == 1 && e.local_world == 4 && e.mpi);
+    cr_assert_str_eq(e.launcher, "OpenMPI");
+}
+
+Test(comm_env, srun_without_mpi) {
+    clear_launcher_env();
+    setenv("SLURM_PROCID", "6", 1);
+    setenv("SLURM_STEP_NUM_TASKS", "7", 1);
+    setenv("SLURM_LOCALID", "0", 1);
+    setenv("SLURM_NODEID", "3", 1);
+    setenv("SLURM_STEP_TASKS_PER_NODE", "2(x3),1", 1);
+    setenv("SLURM_JOB_ID", "1234", 1);
+    setenv("SLURM_STEP_ID", "0", 1);
+    setenv("SLURM_RESTART_COUNT", "2", 1);
+    ms_comm_env e;
+    ms_comm_env_detect(&e);
+    cr_assert(e.rank == 6 && e.world == 7 && e.local_rank == 0 && !e.mpi);
+    cr_assert_eq(e.local_world, 1, "node 3 of 2(x3),1 runs 1 task, not %d", e.local_world);
+    cr_assert_str_eq(e.launcher, "SLURM");
+    cr_assert_str_eq(e.job, "slurm-1234.0.2");
+}
+
+Test(comm_env, pmix_and_pmi) {
+    clear_launcher_env();
+    setenv("PMIX_RANK", "2", 1);
+    setenv("SLURM_STEP_NUM_TASKS", "4", 1);
+    setenv("SLURM_LOCALID", "2", 1);
+    ms_comm_env e;
+    ms_comm_env_detect(&e);
+    cr_assert(e.rank == 2 && e.world == 4 && e.local_rank == 2 && e.mpi);
+    cr_assert_str_eq(e.launcher, "PMIx");
+    clear_launcher_env();
+    setenv("PMI_RANK", "3", 1);
+    setenv("PMI_SIZE", "4", 1);
+    setenv("MPI_LOCALRANKID", "1", 1);
+    ms_comm_env_detect(&e);
+    cr_assert(e.rank == 3 && e.world == 4 && e.local_rank == 1 && e.mpi);
+    /* A rank outside the world is no launch at all. */
+    setenv("PMI_RANK", "4", 1);
+    ms_comm_env_detect(&e);
+    cr_assert(e.rank == 0 && e.world == 1);
+}
+
+/* ---- the single-process world (kernels/comm/comm.c, comm_none.c) ---------------------------- */
+
+Test(comm, one_process_world) {
+    ms_comm_env e;
+    clear_launcher_env();
+    ms_comm_env_detect(&e);
+    char err[512];
+    ms_world_opts o = {MS_WORLD_AUTO, 10, NULL};
+    ms_world *w = ms_world_open(&o, &e, NULL, err, sizeof err);
+    cr_assert_not_null(w, "%s", err);
+    cr_assert_str_eq(w->name, "none");
+    cr_assert(w->rank == 0 && w->size == 1);
+    double x[3] = {1, 2, 3};
+    cr_assert_eq(ms_world_allreduce(w, x, 3, MS_COMM_F64, MS_COMM_SUM, "a test"), 0);
+    cr_assert(x[0] == 1 && x[1] == 2 && x[2] == 3);
+    float g[5] = {2, 4, 6, 8, 10};
+    cr_assert_eq(ms_world_sum_grads(w, g, 5, 0.5f), 0);
+    cr_assert(g[0] == 1 && g[4] == 5, "the gradients were not scaled");
+    cr_assert_eq(ms_world_same(w, 42, "a test"), 1);
+    ms_world_close(w);
+    /* NCCL needs a GPU backend, whatever the build. */
+    o.kind = MS_WORLD_NCCL;
+    cr_assert_null(ms_world_open(&o, &e, NULL, err, sizeof err));
+    cr_assert(strstr(err, "nccl"), "%s", err);
+    /* A launch of several ranks with collectives switched off is refused. */
+    e.world = 2, e.rank = 1;
+    o.kind = MS_WORLD_NONE;
+    cr_assert_null(ms_world_open(&o, &e, NULL, err, sizeof err));
+    cr_assert(strstr(err, "run.comm is none"), "%s", err);
+}
+
+Test(comm, hash_tells_replicas_apart) {
+    float a[33], b[33];
+    for (int i = 0; i < 33; i++) a[i] = b[i] = (float)i * 0.25f;
+    uint64_t ha = ms_comm_hash(a, sizeof a, MS_COMM_HASH_SEED);
+    cr_assert_eq(ha, ms_comm_hash(b, sizeof b, MS_COMM_HASH_SEED));
+    b[32] = nextafterf(b[32], 100.0f); /* the last bit of the tail */
+    cr_assert_neq(ha, ms_comm_hash(b, sizeof b, MS_COMM_HASH_SEED));
+    b[32] = a[32], b[0] = nextafterf(b[0], 1.0f);
+    cr_assert_neq(ha, ms_comm_hash(b, sizeof b, MS_COMM_HASH_SEED));
+}
