@@ -173,11 +173,14 @@ $(BUILD)/tests/cli/test_mpi.o: CFLAGS += $(if $(MPI_ON),-DMS_HAVE_MPI)
 
 # ---- tests/simt: the CUDA sources executed on the CPU ------------------------------------------
 # The same kernels/cuda/*.cu compiled by the host C++ compiler against the emulator's shim
-# (tests/simt/simt.h) with AddressSanitizer, linked with the CUDA runtime and cuBLAS stand-ins
-# and the tests/simt/test_*.c tests into $(BUILD)/tests/run_simt: a second Criterion binary that
+# (tests/simt/simt.h) with AddressSanitizer, linked with the stand-ins of the CUDA runtime,
+# cuBLAS, cuDNN and NCCL (tests/simt/*.cc) and the tests/simt/test_*.c tests into
+# $(BUILD)/tests/run_simt: a second Criterion binary that
 # `make test` runs after the main one. It needs neither nvcc nor a GPU, so it also runs with
 # CUDA=0 (SIMT=0 skips it). It cannot share the main test binary: the stand-ins define the CUDA
 # runtime's own symbols (cudaMalloc, ...), which the real backend in libmodsquad.a calls.
+# kernels/comm/comm_nccl.cu and comm.c (with NCCL) are built the same way, whether or not this
+# machine has nccl.h, so the NCCL collectives run against the stand-in with ranks as threads.
 # $(BUILD)/tests/simt_faults runs deliberately broken kernels for the emulator's own tests.
 SIMT ?= 1
 SIMT_ON := $(if $(and $(filter-out 0,$(SIMT)),$(CUDA_SRCS)),1)
@@ -186,7 +189,8 @@ SIMT_CXXFLAGS := -std=gnu++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address 
     -Itests/simt -Wall -Wextra -Werror -Wno-unknown-pragmas -MMD -MP $(PKG_CFLAGS)
 SIMT_RT_OBJS := $(patsubst %.cc,$(SIMT_DIR)/%.o,$(wildcard tests/simt/*.cc))
 SIMT_CUDA_OBJS := $(CUDA_SRCS:%.cu=$(SIMT_DIR)/%.o) $(SIMT_DIR)/tests/simt/selftest.o \
-    $(SIMT_DIR)/kernels/backend_select.o
+    $(SIMT_DIR)/kernels/backend_select.o $(SIMT_DIR)/kernels/comm/comm_nccl.o \
+    $(SIMT_DIR)/kernels/comm/comm.o
 SIMT_TEST_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/simt/test_*.c) \
     tests/simt/harness.c)
 SIMT_BIN := $(BUILD)/tests/run_simt
@@ -209,6 +213,12 @@ $(SIMT_DIR)/kernels/backend_select.o: kernels/backend_select.c
 	@mkdir -p $(dir $@)
 	@echo "CC   $< (simt)"
 	$(Q)$(CC) $(CFLAGS) -DMS_HAVE_CUDA -c $< -o $@
+
+$(SIMT_DIR)/kernels/comm/comm.o: kernels/comm/comm.c $(COMM_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CC   $< (simt)"
+	$(Q)$(CC) $(CFLAGS) $(MPI_CFLAGS) $(if $(MPI_ON),-DMS_HAVE_MPI) -DMS_HAVE_CUDA -DMS_HAVE_NCCL \
+	    -c $< -o $@
 
 $(SIMT_BIN): $(SIMT_TEST_OBJS) $(TEST_UTIL_OBJ) $(SIMT_CUDA_OBJS) $(SIMT_RT_OBJS) $(LIB)
 	@echo "LINK $@"

@@ -47,7 +47,9 @@ static ms_backend *cpu_backend(int threads, int bf16, const char *why, char *err
     return ms_backend_cpu_create(threads);
 }
 
-ms_backend *ms_backend_create(const char *device, int threads, int bf16, char *err, size_t cap) {
+ms_backend *ms_backend_create(const char *device, int threads, unsigned precision, char *err,
+                              size_t cap) {
+    int bf16 = (precision & MS_BACKEND_BF16) != 0;
     int index = 0;
     int kind = parse_device(device ? device : "auto", &index);
     if (!kind) {
@@ -77,7 +79,8 @@ ms_backend *ms_backend_create(const char *device, int threads, int bf16, char *e
                  device, gpus, gpus == 1 ? "" : "s", gpus - 1);
         return NULL;
     }
-    return ms_backend_cuda_create(index, bf16 ? MS_BF16 : MS_F32, err, cap);
+    return ms_backend_cuda_create(index, bf16 ? MS_BF16 : MS_F32,
+                                  (precision & MS_BACKEND_TF32) != 0, err, cap);
 #else
     if (kind == 'a')
         return cpu_backend(threads, bf16, "this modsquad was built without CUDA", err, cap);

@@ -253,7 +253,8 @@ const ms_config_key ms_config_keys[] = {
     KEY_ENUM("train.precision", train.precision, "fp32", ms_precision_names, false,
              "fp32, or bf16 (CUDA: bf16 activations and GEMMs, fp32 master weights)"),
     KEY_BOOL("train.tf32", train.tf32, "false", false,
-             "allow TF32 GEMMs when precision is fp32 (CUDA)"),
+             "CUDA with precision fp32: GEMMs and convolutions may round their inputs to TF32 "
+             "(10-bit mantissa) on tensor cores; the CPU backend ignores it"),
     KEY_INT("train.checkpoint_every", train.checkpoint_every, "1000", 0, INT_MAXD, false,
             "steps between checkpoints (0 = only at the end)"),
     KEY_INT("train.keep_checkpoints", train.keep_checkpoints, "3", 1, 100000, false,

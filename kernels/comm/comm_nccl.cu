@@ -11,12 +11,22 @@
  *
  * The unique id travels through MPI when an MPI launcher started the ranks, else through a
  * file that rank 0 writes atomically into the run directory (srun without an MPI plugin):
- * .nccl-id.<SLURM job.step.restart>, or the path in MODSQUAD_NCCL_ID_FILE. */
+ * .nccl-id.<SLURM job.step.restart>, or the path in MODSQUAD_NCCL_ID_FILE.
+ *
+ * Under the emulator (MS_SIMT) the entry points are the stand-ins of tests/simt/nccl.cc, whose
+ * ranks are host threads of one test process; in a run every rank is a process of its own. */
 #include "../cuda/cuda_common.h"
 
-#include <dlfcn.h>
-#include <errno.h>
+#ifdef MS_SIMT
+#include "simt_nccl.h"
+#else
 #include <nccl.h>
+
+#include "../dynlib.h"
+#endif
+
+#include <errno.h>
+#include <mutex>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,63 +41,54 @@ extern "C" {
 #include "comm.h"
 }
 
-#define MS_STR2(x) #x
-#define MS_STR(x) MS_STR2(x)
+/* The NCCL entry points modsquad calls (member, NCCL function). */
+#define NCCL_ENTRY_POINTS(X)                                                                       \
+    X(get_unique_id, ncclGetUniqueId)                                                              \
+    X(init_rank_config, ncclCommInitRankConfig)                                                    \
+    X(all_reduce, ncclAllReduce)                                                                   \
+    X(broadcast, ncclBroadcast)                                                                    \
+    X(group_start, ncclGroupStart)                                                                 \
+    X(group_end, ncclGroupEnd)                                                                     \
+    X(get_async_error, ncclCommGetAsyncError)                                                      \
+    X(finalize, ncclCommFinalize)                                                                  \
+    X(destroy, ncclCommDestroy)                                                                    \
+    X(abort, ncclCommAbort)                                                                        \
+    X(error_string, ncclGetErrorString)
 
-/* The NCCL entry points modsquad calls, resolved from the loaded library. */
+/* Typed by the header's own declarations, so a signature mismatch does not compile. */
 struct nccl_api {
-    ncclResult_t (*get_unique_id)(ncclUniqueId *id);
-    ncclResult_t (*init_rank_config)(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank,
-                                     ncclConfig_t *config);
-    ncclResult_t (*all_reduce)(const void *send, void *recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
-    ncclResult_t (*broadcast)(const void *send, void *recv, size_t count, ncclDataType_t type,
-                              int root, ncclComm_t comm, cudaStream_t stream);
-    ncclResult_t (*group_start)(void);
-    ncclResult_t (*group_end)(void);
-    ncclResult_t (*get_async_error)(ncclComm_t comm, ncclResult_t *async_error);
-    ncclResult_t (*finalize)(ncclComm_t comm);
-    ncclResult_t (*destroy)(ncclComm_t comm);
-    ncclResult_t (*abort)(ncclComm_t comm);
-    const char *(*error_string)(ncclResult_t result);
+#define NCCL_MEMBER(member, fn) decltype(&fn) member;
+    NCCL_ENTRY_POINTS(NCCL_MEMBER)
+#undef NCCL_MEMBER
 };
 static nccl_api g_nccl;
 
-static bool resolve(void *lib, const char *name, void *slot, char *err, size_t cap) {
-    void *f = dlsym(lib, name);
-    if (!f) {
-        snprintf(err, cap, "libnccl has no %s (%s); NCCL 2.14 or newer is needed", name, dlerror());
-        return false;
-    }
-    memcpy(slot, &f, sizeof f);
-    return true;
-}
-
+/* Fills g_nccl once per process. The lock matters only to the emulator's tests, whose ranks are
+ * threads: none may see a half-filled table. */
 static bool nccl_load(char *err, size_t cap) {
+    static std::mutex once;
+    std::lock_guard<std::mutex> hold(once);
     if (g_nccl.all_reduce) return true;
-    const char *soname = "libnccl.so." MS_STR(NCCL_MAJOR);
-    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        snprintf(err, cap,
-                 "cannot load NCCL (%s): %s; install NCCL %d (libnccl2) or add its directory to "
-                 "LD_LIBRARY_PATH, or use run.comm mpi",
-                 soname, dlerror(), NCCL_MAJOR);
-        return false;
-    }
+#ifdef MS_SIMT
+    (void)err, (void)cap;
+#define NCCL_BIND(member, fn) g_nccl.member = fn;
+    NCCL_ENTRY_POINTS(NCCL_BIND)
+#undef NCCL_BIND
+#else
+#define NCCL_MAJOR_STR MS_DYNLIB_STR(NCCL_MAJOR)
+    static const ms_dynlib lib = {"libnccl.so." NCCL_MAJOR_STR, "NCCL",
+                                  "install NCCL " NCCL_MAJOR_STR " (libnccl2) or add its "
+                                  "directory to LD_LIBRARY_PATH, or use run.comm mpi",
+                                  "NCCL 2.14 or newer is needed"};
     nccl_api api;
-    if (!resolve(lib, "ncclGetUniqueId", &api.get_unique_id, err, cap) ||
-        !resolve(lib, "ncclCommInitRankConfig", &api.init_rank_config, err, cap) ||
-        !resolve(lib, "ncclAllReduce", &api.all_reduce, err, cap) ||
-        !resolve(lib, "ncclBroadcast", &api.broadcast, err, cap) ||
-        !resolve(lib, "ncclGroupStart", &api.group_start, err, cap) ||
-        !resolve(lib, "ncclGroupEnd", &api.group_end, err, cap) ||
-        !resolve(lib, "ncclCommGetAsyncError", &api.get_async_error, err, cap) ||
-        !resolve(lib, "ncclCommFinalize", &api.finalize, err, cap) ||
-        !resolve(lib, "ncclCommDestroy", &api.destroy, err, cap) ||
-        !resolve(lib, "ncclCommAbort", &api.abort, err, cap) ||
-        !resolve(lib, "ncclGetErrorString", &api.error_string, err, cap))
-        return false;
+    const ms_dynsym syms[] = {
+#define NCCL_SYMBOL(member, fn) {#fn, &api.member},
+        NCCL_ENTRY_POINTS(NCCL_SYMBOL)
+#undef NCCL_SYMBOL
+    };
+    if (!ms_dynlib_load(&lib, syms, sizeof syms / sizeof *syms, err, cap)) return false;
     g_nccl = api; /* the library stays loaded for the life of the process */
+#endif
     return true;
 }
 
@@ -245,7 +246,11 @@ static const ms_world_ops nccl_ops = {nccl_allreduce, nccl_allreduce_dev, nccl_b
 /* Rank 0 writes the id under a temporary name and renames it, so a reader never sees half. */
 static int write_id(const char *path, const ncclUniqueId *id, char *err, size_t cap) {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int len = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (len < 0 || (size_t)len >= sizeof tmp) {
+        snprintf(err, cap, "the NCCL rendezvous path %s is too long", path);
+        return -1;
+    }
     FILE *f = fopen(tmp, "wb");
     bool ok = f && fwrite(id, sizeof *id, 1, f) == 1;
     if (f) ok = fclose(f) == 0 && ok;
@@ -348,7 +353,8 @@ ms_world *ms_world_nccl(const ms_comm_env *env, ms_backend *be, ms_world *boot,
             snprintf(err, cap, "the NCCL communicator was not created (see above)");
         }
     }
-    /* Creation completed (or failed) after every rank had read the file. */
+    /* Creation completes only after every rank has read the file; after a failure the file
+     * is of no use to a late rank either. */
     if (env->rank == 0 && path[0]) unlink(path);
     if (rc) {
         CUDA_CHECK(cudaEventDestroy(s->done));

@@ -219,8 +219,8 @@ extern "C" int ms_cuda_device_count(char *err, size_t cap) {
     return n;
 }
 
-extern "C" ms_backend *ms_backend_cuda_create(int device, ms_dtype act_dtype, char *err,
-                                              size_t cap) {
+extern "C" ms_backend *ms_backend_cuda_create(int device, ms_dtype act_dtype, int tf32,
+                                              char *err, size_t cap) {
     char why[256];
     int count = ms_cuda_device_count(why, sizeof why);
     if (count == 0) {
@@ -253,6 +253,7 @@ extern "C" ms_backend *ms_backend_cuda_create(int device, ms_dtype act_dtype, ch
     if (!cuda_blas_load(err, cap)) return NULL;
     cuda_ctx *c = (cuda_ctx *)ms_calloc(1, sizeof *c);
     c->device = device;
+    c->tf32 = tf32 != 0;
     e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
         snprintf(err, cap, "cannot create a stream on CUDA device %d: %s", device,

@@ -10,10 +10,12 @@
 extern "C" {
 #endif
 
-/* A backend on CUDA device `device` with activations of type act_dtype (MS_F32 or MS_BF16).
- * NULL when it cannot be created (no device, bad ordinal, too old a GPU, out of memory), with
- * the reason in err[cap]. */
-ms_backend *ms_backend_cuda_create(int device, ms_dtype act_dtype, char *err, size_t cap);
+/* A backend on CUDA device `device` with activations of type act_dtype (MS_F32 or MS_BF16);
+ * tf32 != 0 lets its fp32 GEMMs and convolutions round their operands to TF32 on the tensor
+ * cores (train.tf32). NULL when it cannot be created (no device, bad ordinal, too old a GPU,
+ * out of memory), with the reason in err[cap]. */
+ms_backend *ms_backend_cuda_create(int device, ms_dtype act_dtype, int tf32, char *err,
+                                   size_t cap);
 
 /* Number of usable CUDA devices; 0 when there is none or no working driver, with the runtime's
  * reason in err[cap] (err may be NULL). */

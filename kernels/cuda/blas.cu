@@ -7,10 +7,8 @@
  * a program that does not start. Under the emulator (MS_SIMT) the pointers are the stand-ins. */
 #include "cuda_common.h"
 
-#include <stdio.h>
-
 #ifndef MS_SIMT
-#include <dlfcn.h>
+#include "../dynlib.h"
 #endif
 
 cuda_blas_api g_blas;
@@ -31,45 +29,37 @@ bool cuda_blas_load(char *err, size_t cap) {
 
 #else
 
-#define MS_STR2(x) #x
-#define MS_STR(x) MS_STR2(x)
-
-/* Resolves `name` into *slot; false (with the reason in err) when the library lacks it. */
-static bool resolve(void *lib, const char *name, void *slot, char *err, size_t cap) {
-    void *f = dlsym(lib, name);
-    if (!f) {
-        snprintf(err, cap, "libcublas has no %s (%s)", name, dlerror());
-        return false;
-    }
-    memcpy(slot, &f, sizeof f);
-    return true;
-}
-
 bool cuda_blas_load(char *err, size_t cap) {
     if (g_blas.gemm_ex) return true;
-    const char *soname = "libcublas.so." MS_STR(CUBLAS_VER_MAJOR);
-    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        snprintf(err, cap,
-                 "cannot load cuBLAS (%s): %s; install the CUDA %d toolkit's libraries or add "
-                 "their directory to LD_LIBRARY_PATH",
-                 soname, dlerror(), CUBLAS_VER_MAJOR);
-        return false;
-    }
+#define CUBLAS_MAJOR_STR MS_DYNLIB_STR(CUBLAS_VER_MAJOR)
+    static const ms_dynlib lib = {"libcublas.so." CUBLAS_MAJOR_STR, "cuBLAS",
+                                  "install the CUDA " CUBLAS_MAJOR_STR " toolkit's libraries or "
+                                  "add their directory to LD_LIBRARY_PATH",
+                                  NULL};
     cuda_blas_api api;
-    if (!resolve(lib, "cublasCreate_v2", &api.create, err, cap) ||
-        !resolve(lib, "cublasDestroy_v2", &api.destroy, err, cap) ||
-        !resolve(lib, "cublasSetStream_v2", &api.set_stream, err, cap) ||
-        !resolve(lib, "cublasSetMathMode", &api.set_math_mode, err, cap) ||
-        !resolve(lib, "cublasGetStatusString", &api.status_string, err, cap) ||
-        !resolve(lib, "cublasGemmEx", &api.gemm_ex, err, cap) ||
-        !resolve(lib, "cublasGemmBatchedEx", &api.gemm_batched_ex, err, cap))
-        return false;
+    /* The exported names: cublas_v2.h maps cublasCreate and friends to their _v2 symbols. */
+    const ms_dynsym syms[] = {
+        {"cublasCreate_v2", &api.create},
+        {"cublasDestroy_v2", &api.destroy},
+        {"cublasSetStream_v2", &api.set_stream},
+        {"cublasSetMathMode", &api.set_math_mode},
+        {"cublasGetStatusString", &api.status_string},
+        {"cublasGemmEx", &api.gemm_ex},
+        {"cublasGemmBatchedEx", &api.gemm_batched_ex},
+    };
+    if (!ms_dynlib_load(&lib, syms, sizeof syms / sizeof *syms, err, cap)) return false;
     g_blas = api; /* the library stays loaded for the life of the process */
     return true;
 }
 
 #endif
+
+/* fp32 sums; fp32 operands may be rounded to TF32 (10 mantissa bits) when the run allows it, which
+ * leaves bf16 operands (already narrower) alone. */
+static cublasComputeType_t compute_type(ms_backend *be, cudaDataType a_type) {
+    return cuda_of(be)->tf32 && a_type == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                     : CUBLAS_COMPUTE_32F;
+}
 
 void cuda_gemm(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                const void *A, cudaDataType a_type, int lda, const void *B, cudaDataType b_type,
@@ -81,7 +71,7 @@ void cuda_gemm(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K, 
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_CHECK(g_blas.gemm_ex(cuda_of(be)->blas, op_b, op_a, N, M, K, &alpha, B, b_type, ldb, A,
-                                a_type, lda, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F,
+                                a_type, lda, &beta, C, c_type, ldc, compute_type(be, a_type),
                                 CUBLAS_GEMM_DEFAULT));
 }
 
@@ -95,5 +85,5 @@ void cuda_gemm_ptr_batched(ms_backend *be, bool trans_a, bool trans_b, int M, in
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_CHECK(g_blas.gemm_batched_ex(cuda_of(be)->blas, op_b, op_a, N, M, K, &alpha, B, b_type,
                                         ldb, A, a_type, lda, &beta, C, c_type, ldc, batch,
-                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                        compute_type(be, a_type), CUBLAS_GEMM_DEFAULT));
 }

@@ -94,6 +94,7 @@ enum cuda_scratch_slot {
 
 struct cuda_ctx {
     int device;
+    bool tf32;           /* fp32 GEMMs and convolutions may use TF32 (train.tf32) */
     cudaStream_t stream; /* every op is ordered on this one stream */
     cublasHandle_t blas;
     void *scratch[SCRATCH_SLOTS];
@@ -109,7 +110,8 @@ void *cuda_scratch(ms_backend *be, cuda_scratch_slot slot, size_t bytes);
 /* Row-major GEMM: C[M, N] = alpha op(A)[M, K] op(B)[K, N] + beta C with row-major leading
  * dimensions, the same arguments as cblas_sgemm(CblasRowMajor, ...) so the CUDA ops mirror the
  * CPU ones call for call. Types: A and B alike (fp32 or bf16), C that type or fp32; the sums are
- * fp32 (CUBLAS_COMPUTE_32F, no TF32). */
+ * fp32 (CUBLAS_COMPUTE_32F), and fp32 operands are rounded to TF32 on the tensor cores
+ * (CUBLAS_COMPUTE_32F_FAST_TF32) only when the backend allows it (cuda_ctx.tf32). */
 void cuda_gemm(ms_backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                const void *A, cudaDataType a_type, int lda, const void *B, cudaDataType b_type,
                int ldb, float beta, void *C, cudaDataType c_type, int ldc);

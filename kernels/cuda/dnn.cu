@@ -22,12 +22,15 @@
  * comes from the backend's SCRATCH_CUDNN buffer. Plans are kept in a small table and reused.
  *
  * Precision. fp32 activations run with CUDNN_FMA_MATH: cuDNN's default math type lets Ampere
- * and newer use TF32 for fp32 convolutions, which the backend's fp32 mode does not allow (as
- * for its GEMMs). bf16 activations use cuDNN's bf16 configuration: bf16 x, w and y, fp32
- * compute type, with the math type the heuristic chose (tensor cores). */
+ * and newer use TF32 for fp32 convolutions, which the backend's fp32 mode allows only with
+ * train.tf32 (as for its GEMMs). With it, fp32 convolutions take the math type the heuristic
+ * ranked for CUDNN_DEFAULT_MATH (TF32 tensor cores where they pay), never
+ * CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, which would round fp32 data to half precision; this is
+ * what PyTorch does with torch.backends.cudnn.allow_tf32. bf16 activations use cuDNN's bf16
+ * configuration: bf16 x, w and y, fp32 compute type, with the math type the heuristic chose
+ * (tensor cores). */
 #include "cuda_common.h"
 
-#include <stdio.h>
 #include <string.h>
 
 #if defined(MS_SIMT)
@@ -35,7 +38,8 @@
 #define MS_DNN 1
 #elif !defined(MS_NO_CUDNN) && __has_include(<cudnn.h>)
 #include <cudnn.h>
-#include <dlfcn.h>
+
+#include "../dynlib.h"
 #define MS_DNN 1
 #else
 #define MS_DNN 0
@@ -99,36 +103,21 @@ static bool dnn_load(char *err, size_t cap) {
 
 #else
 
-#define DNN_STR2(x) #x
-#define DNN_STR(x) DNN_STR2(x)
-
-static bool dnn_resolve(void *lib, const char *name, void *slot, char *err, size_t cap) {
-    void *f = dlsym(lib, name);
-    if (!f) {
-        snprintf(err, cap, "libcudnn has no %s (%s); cuDNN %d.%d or newer is needed", name,
-                 dlerror(), CUDNN_MAJOR, CUDNN_MINOR);
-        return false;
-    }
-    memcpy(slot, &f, sizeof f);
-    return true;
-}
-
 static bool dnn_load(char *err, size_t cap) {
     if (g_dnn.bwd_filter) return true;
-    const char *soname = "libcudnn.so." DNN_STR(CUDNN_MAJOR);
-    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        snprintf(err, cap,
-                 "cannot load cuDNN (%s): %s; install cuDNN %d for this CUDA version or add its "
-                 "library directory to LD_LIBRARY_PATH",
-                 soname, dlerror(), CUDNN_MAJOR);
-        return false;
-    }
+#define CUDNN_MAJOR_STR MS_DYNLIB_STR(CUDNN_MAJOR)
+    static const ms_dynlib lib = {
+        "libcudnn.so." CUDNN_MAJOR_STR, "cuDNN",
+        "install cuDNN " CUDNN_MAJOR_STR " for this CUDA version or add its library directory "
+        "to LD_LIBRARY_PATH",
+        "cuDNN " CUDNN_MAJOR_STR "." MS_DYNLIB_STR(CUDNN_MINOR) " or newer is needed"};
     dnn_api api;
-#define DNN_RESOLVE(member, fn)                                                                    \
-    if (!dnn_resolve(lib, #fn, &api.member, err, cap)) return false;
-    DNN_ENTRY_POINTS(DNN_RESOLVE)
-#undef DNN_RESOLVE
+    const ms_dynsym syms[] = {
+#define DNN_SYMBOL(member, fn) {#fn, &api.member},
+        DNN_ENTRY_POINTS(DNN_SYMBOL)
+#undef DNN_SYMBOL
+    };
+    if (!ms_dynlib_load(&lib, syms, sizeof syms / sizeof *syms, err, cap)) return false;
     g_dnn = api; /* the library stays loaded for the life of the process */
     return true;
 }
@@ -171,7 +160,7 @@ static cudnnHandle_t dnn_handle(ms_backend *be) {
 #define DNN_MAX_RANKED 64 /* heuristic entries read per direction */
 
 struct conv_shape {
-    int device, dtype, B, Ci, H, W, Co, k;
+    int device, dtype, tf32, B, Ci, H, W, Co, k; /* tf32: fp32 data may use TF32 */
 };
 
 /* One direction's choice: algorithm, math type, workspace bytes. */
@@ -198,21 +187,21 @@ static int g_plan_evict; /* next entry to replace once the table is full (round 
 
 static const char *dtype_name(int dtype) { return dtype == MS_BF16 ? "bf16" : "fp32"; }
 
-/* The first entry of cuDNN's ranking perf[n] that succeeded, is deterministic, is not TF32 for
- * fp32 data and whose workspace fits (pass 0: within the cap; pass 1: any size, smallest
- * first). ws_of(algo, &bytes) asks cuDNN for the workspace at the math type set on conv. */
+/* The first entry of cuDNN's ranking perf[n] that succeeded, is deterministic, keeps fp32 data
+ * in fp32 (exact: FMA only; else TF32 allowed, never a conversion to half precision) and whose
+ * workspace fits (pass 0: within the cap; pass 1: any size, smallest first). ws_of(algo,
+ * &bytes) asks cuDNN for the workspace at the math type set on conv. */
 template <typename Perf, typename Algo, typename WsFn>
-static bool choose(const Perf *perf, int n, bool fp32, cudnnConvolutionDescriptor_t conv,
-                   WsFn ws_of, conv_choice<Algo> *out) {
+static bool choose(const Perf *perf, int n, bool fp32, bool exact,
+                   cudnnConvolutionDescriptor_t conv, WsFn ws_of, conv_choice<Algo> *out) {
     bool found = false;
     for (int pass = 0; pass < 2 && !found; pass++) {
         for (int i = 0; i < n; i++) {
             const Perf &p = perf[i];
             if (p.status != CUDNN_STATUS_SUCCESS || p.determinism != CUDNN_DETERMINISTIC) continue;
-            if (fp32 && (p.mathType == CUDNN_TENSOR_OP_MATH ||
-                         p.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
-                continue;
-            cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : p.mathType;
+            if (fp32 && p.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
+            if (exact && p.mathType == CUDNN_TENSOR_OP_MATH) continue;
+            cudnnMathType_t math = exact ? CUDNN_FMA_MATH : p.mathType;
             size_t bytes = 0;
             if (g_dnn.set_math(conv, math) != CUDNN_STATUS_SUCCESS ||
                 ws_of(p.algo, &bytes) != CUDNN_STATUS_SUCCESS)
@@ -235,9 +224,12 @@ static bool choose(const Perf *perf, int n, bool fp32, cudnnConvolutionDescripto
 
 /* Ranks and chooses the algorithms of all three directions for plan p. */
 static void choose_algorithms(cudnnHandle_t h, conv_plan *p) {
-    const bool fp32 = p->shape.dtype == MS_F32;
-    /* The heuristics rank for the math type set on the descriptor: FMA keeps fp32 off TF32. */
-    const cudnnMathType_t query_math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    const bool fp32 = p->shape.dtype == MS_F32, exact = fp32 && !p->shape.tf32;
+    /* The heuristics rank for the math type set on the descriptor: FMA keeps fp32 off TF32,
+     * the default lets it use TF32 on Ampere and newer. */
+    const cudnnMathType_t query_math = exact  ? CUDNN_FMA_MATH
+                                       : fp32 ? CUDNN_DEFAULT_MATH
+                                              : CUDNN_TENSOR_OP_MATH;
     int n = 0, got = 0;
     {
         cudnnConvolutionFwdAlgoPerf_t perf[DNN_MAX_RANKED];
@@ -248,7 +240,8 @@ static void choose_algorithms(cudnnHandle_t h, conv_plan *p) {
         auto ws = [&](cudnnConvolutionFwdAlgo_t a, size_t *bytes) {
             return g_dnn.fwd_workspace(h, p->x, p->w, p->conv, p->y, a, bytes);
         };
-        if (!choose(perf, got, fp32, p->conv, ws, &p->fwd)) no_algorithm(p->shape, "forward");
+        if (!choose(perf, got, fp32, exact, p->conv, ws, &p->fwd))
+            no_algorithm(p->shape, "forward");
     }
     {
         cudnnConvolutionBwdDataAlgoPerf_t perf[DNN_MAX_RANKED];
@@ -259,7 +252,7 @@ static void choose_algorithms(cudnnHandle_t h, conv_plan *p) {
         auto ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t *bytes) {
             return g_dnn.data_workspace(h, p->w, p->y, p->conv, p->x, a, bytes);
         };
-        if (!choose(perf, got, fp32, p->conv, ws, &p->data))
+        if (!choose(perf, got, fp32, exact, p->conv, ws, &p->data))
             no_algorithm(p->shape, "backward-data");
     }
     {
@@ -271,7 +264,7 @@ static void choose_algorithms(cudnnHandle_t h, conv_plan *p) {
         auto ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t *bytes) {
             return g_dnn.filter_workspace(h, p->x, p->y, p->conv, p->w, a, bytes);
         };
-        if (!choose(perf, got, fp32, p->conv, ws, &p->filter))
+        if (!choose(perf, got, fp32, exact, p->conv, ws, &p->filter))
             no_algorithm(p->shape, "backward-filter");
     }
 }
@@ -292,7 +285,8 @@ static conv_plan *conv_plan_for(ms_backend *be, cudnnHandle_t h, int B, int Ci, 
         ms_fatal("CUDA backend: conv2d of x[%d, %d, %d, %d] with %d outputs and kernel %d: sizes "
                  "must be positive and the kernel odd",
                  B, Ci, H, W, Co, k);
-    conv_shape s = {cuda_of(be)->device, (int)be->act_dtype, B, Ci, H, W, Co, k};
+    conv_shape s = {cuda_of(be)->device, (int)be->act_dtype, cuda_of(be)->tf32 ? 1 : 0,
+                    B, Ci, H, W, Co, k};
     for (int i = 0; i < DNN_PLANS; i++)
         if (g_plans[i].used && memcmp(&g_plans[i].shape, &s, sizeof s) == 0) return &g_plans[i];
     conv_plan *p = NULL;

@@ -50,7 +50,7 @@ Test(backend_select, unknown_device_strings) {
 
 Test(backend_select, bf16_needs_a_gpu) {
     char err[256] = "";
-    ms_backend *be = ms_backend_create("cpu", 1, 1, err, sizeof err);
+    ms_backend *be = ms_backend_create("cpu", 1, MS_BACKEND_BF16, err, sizeof err);
     cr_assert_null(be);
     cr_assert(strstr(err, "bf16") && strstr(err, "train.precision: fp32"), "message: %s", err);
 }

@@ -5,10 +5,14 @@
  * NOT_SUPPORTED. An operand that is not emulated device memory (a host pointer, or a matrix
  * running past its allocation) is reported on stderr and fails with
  * CUBLAS_STATUS_EXECUTION_FAILED, where a GPU would fault. As in cuBLAS, C is not read when
- * beta is 0. */
+ * beta is 0. A product allowed to use TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, or CUBLAS_COMPUTE_32F
+ * on a handle in CUBLAS_TF32_TENSOR_OP_MATH) rounds its fp32 operands to TF32 first, as the
+ * tensor cores read them, so its results differ from plain fp32 as on a GPU. */
 #include "simt.h"
 
 #include <cblas.h>
+
+#include <atomic>
 
 #include <cstdio>
 #include <vector>
@@ -19,6 +23,9 @@ struct simt_cublas {
 };
 
 namespace {
+
+/* Products computed, by operand precision (simt_cublas_get_stats). */
+std::atomic<unsigned long> g_fp32_products, g_tf32_products, g_bf16_products;
 
 size_t type_bytes(cudaDataType t) {
     switch (t) {
@@ -56,6 +63,18 @@ std::vector<float> widen(const void *p, cudaDataType t, size_t n) {
     return out;
 }
 
+/* x rounded to TF32 (8 exponent bits, 10 mantissa bits) to nearest, ties away from zero, as
+ * cvt.rna.tf32.f32 does; infinities and NaN pass unchanged. */
+void round_to_tf32(std::vector<float> &v) {
+    for (float &x : v) {
+        uint32_t u;
+        std::memcpy(&u, &x, sizeof u);
+        if ((u & 0x7f800000u) == 0x7f800000u) continue;
+        u = (u + 0x1000u) & 0xffffe000u;
+        std::memcpy(&x, &u, sizeof x);
+    }
+}
+
 CBLAS_TRANSPOSE cblas_op(cublasOperation_t op) {
     return op == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
 }
@@ -80,16 +99,23 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation
         !(compute == CUBLAS_COMPUTE_32F_FAST_TF32 && At == CUDA_R_32F))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    /* Work queued on the stream before this call (an NCCL collective) comes first. */
+    simt::stream_wait(handle->stream);
     if (!on_device("C", C, Ct, m, n, ldc) ||
         (k > 0 && (!on_device("A", A, At, rows_a, cols_a, lda) ||
                    !on_device("B", B, Bt, rows_b, cols_b, ldb))))
         return CUBLAS_STATUS_EXECUTION_FAILED;
+    bool tf32 = At == CUDA_R_32F &&
+                (compute == CUBLAS_COMPUTE_32F_FAST_TF32 ||
+                 (compute == CUBLAS_COMPUTE_32F && handle->math == CUBLAS_TF32_TENSOR_OP_MATH));
+    (At != CUDA_R_32F ? g_bf16_products : tf32 ? g_tf32_products : g_fp32_products)++;
 
     std::vector<float> a, b, c;
     const float *af = static_cast<const float *>(A), *bf = static_cast<const float *>(B);
-    if (At != CUDA_R_32F) {
+    if (At != CUDA_R_32F || tf32) {
         a = widen(A, At, span(rows_a, cols_a, lda));
         b = widen(B, Bt, span(rows_b, cols_b, ldb));
+        if (tf32) round_to_tf32(a), round_to_tf32(b);
         af = a.data(), bf = b.data();
     }
     float *cf = static_cast<float *>(C);
@@ -261,5 +287,11 @@ cublasStatus_t cublasGemmStridedBatchedEx(
         if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
     return CUBLAS_STATUS_SUCCESS;
+}
+
+void simt_cublas_get_stats(struct simt_cublas_stats *stats) {
+    stats->fp32_products = g_fp32_products;
+    stats->tf32_products = g_tf32_products;
+    stats->bf16_products = g_bf16_products;
 }
 }

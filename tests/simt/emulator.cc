@@ -1,9 +1,9 @@
 /* The SIMT emulator: runs a CUDA kernel's grid on one CPU thread with GPU thread semantics.
  *
  * Blocks run one after another (one OS thread, so `static` shared memory is shared by exactly
- * the threads of the running block). Within a block every CUDA thread is a fiber (ucontext) with
- * its own 256 KiB stack and a guard page. A fiber runs until it reaches a synchronisation point,
- * then yields to the scheduler:
+ * the threads of the running block; launches from several host threads take turns). Within a
+ * block every CUDA thread is a fiber (ucontext) with its own 256 KiB stack and a guard page. A
+ * fiber runs until it reaches a synchronisation point, then yields to the scheduler:
  *   - __syncthreads(): the fiber parks at the barrier; when no fiber can run any more and every
  *     thread that has not exited waits at the barrier, all are released together. If some
  *     threads exited instead (a barrier inside a branch only part of the block takes), or the
@@ -514,7 +514,12 @@ void run_block(unsigned bx, unsigned by, unsigned bz, bool reverse) {
 
 void launch(const char *kernel, site where, dim3 grid, dim3 block, size_t dynamic_smem_bytes,
             cudaStream_t stream, const std::function<void()> &body) {
-    (void)stream; /* every launch completes before it returns: streams are always in order */
+    /* Every launch completes before it returns, so a stream is in order once the library work
+     * queued on it before this launch (an NCCL collective) has completed. */
+    stream_wait(stream);
+    /* One grid at a time in the process: E is the one emulator (the NCCL tests' ranks are host
+     * threads that launch kernels of their own). */
+    std::lock_guard<std::recursive_mutex> hold(api_mutex());
     if (E.active) {
         std::fprintf(stderr, "simt: kernel %s launched at %s:%d from inside kernel %s\n", kernel,
                      where.file, where.line, E.kernel);

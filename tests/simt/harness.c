@@ -19,7 +19,7 @@ ms_backend *sim_cuda(ms_dtype act) {
     static ms_backend *be[2];
     if (!be[act]) {
         char err[256];
-        be[act] = ms_backend_cuda_create(0, act, err, sizeof err);
+        be[act] = ms_backend_cuda_create(0, act, 0, err, sizeof err);
         cr_assert_not_null(be[act], "emulated CUDA backend: %s", err);
     }
     return be[act];

@@ -5,24 +5,67 @@
  * refuse what a GPU would refuse: copies whose "device" side is not device memory (or runs past
  * an allocation), a host pointer given to cudaMemset or cudaFree, a double free. Kernels run to
  * completion inside their launch, so every copy is synchronous and streams, events and
- * synchronisation only check their handles. */
-#include "simt.h"
-
+ * synchronisation only check their handles, except around library work that completes later
+ * (stream_begin_work: the NCCL stand-in's collectives), which events and whatever is queued
+ * behind it wait for.
+ *
+ * Threads: every API call holds api_mutex(); the current device and the sticky launch error
+ * belong to the calling host thread, as in the CUDA runtime. A wait for library work holds only
+ * the work lock, never the API lock, so the thread that completes the work can get on. */
+/* The standard headers first: simt.h's CUDA keyword macros (__noinline__) would break them. */
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <set>
+
+#include "simt.h"
 
 namespace {
 
 std::map<uintptr_t, size_t> g_allocs; /* start -> bytes of every live cudaMalloc */
 size_t g_bytes_in_use;
 int g_devices = 1;
-int g_current_device;
-cudaError_t g_last_error = cudaSuccess;
-std::set<const void *> g_streams, g_events;
+thread_local int g_current_device;
+thread_local cudaError_t g_last_error = cudaSuccess;
+std::set<const void *> g_streams;
+std::map<const void *, unsigned> g_events;   /* event -> its creation flags */
 std::map<const void *, double> g_event_time; /* event -> seconds when recorded */
+
+std::recursive_mutex g_api;
+using api_lock = std::lock_guard<std::recursive_mutex>;
+
+/* Library work in flight on one stream. */
+struct stream_work {
+    uint64_t next = 1;          /* the next ticket */
+    std::set<uint64_t> pending; /* tickets begun and not yet ended */
+};
+/* Under g_work_mu; g_work_cv announces every retirement. */
+std::mutex g_work_mu;
+std::condition_variable g_work_cv;
+std::map<const void *, stream_work> g_work;
+/* event -> its stream and the first ticket its last record does NOT wait for */
+std::map<const void *, std::pair<const void *, uint64_t>> g_event_work;
+
+/* Work queued on `stream` before ticket `before` still runs (g_work_mu held). */
+bool busy_before(const void *stream, uint64_t before) {
+    auto it = g_work.find(stream);
+    return it != g_work.end() && !it->second.pending.empty() &&
+           *it->second.pending.begin() < before;
+}
+
+bool any_busy() {
+    for (const auto &w : g_work)
+        if (!w.second.pending.empty()) return true;
+    return false;
+}
+
+/* The first ticket not yet handed out on `stream` (g_work_mu held). */
+uint64_t next_ticket(const void *stream) {
+    auto it = g_work.find(stream);
+    return it == g_work.end() ? 1 : it->second.next;
+}
 
 /* The allocation containing [p, p + bytes), or g_allocs.end(). */
 std::map<uintptr_t, size_t>::const_iterator find_alloc(const void *p, size_t bytes) {
@@ -84,10 +127,50 @@ double now_seconds() {
 
 namespace simt {
 
-bool is_device_range(const void *p, size_t bytes) { return find_alloc(p, bytes) != g_allocs.end(); }
+bool is_device_range(const void *p, size_t bytes) {
+    api_lock hold(g_api);
+    return find_alloc(p, bytes) != g_allocs.end();
+}
 
 void set_last_error(cudaError_t e) {
     if (g_last_error == cudaSuccess) g_last_error = e;
+}
+
+std::recursive_mutex &api_mutex() { return g_api; }
+
+cudaError_t stream_begin_work(cudaStream_t stream, uint64_t *ticket) {
+    {
+        api_lock hold(g_api);
+        if (!stream_ok(stream)) return cudaErrorInvalidResourceHandle;
+    }
+    std::lock_guard<std::mutex> hold(g_work_mu);
+    stream_work &w = g_work[stream];
+    *ticket = w.next++;
+    w.pending.insert(*ticket);
+    return cudaSuccess;
+}
+
+void stream_end_work(cudaStream_t stream, uint64_t ticket) {
+    {
+        std::lock_guard<std::mutex> hold(g_work_mu);
+        auto it = g_work.find(stream);
+        if (it == g_work.end() || !it->second.pending.erase(ticket)) {
+            std::fprintf(stderr, "simt: ticket %llu of stream %p ended twice or never began\n",
+                         (unsigned long long)ticket, (const void *)stream);
+            std::abort();
+        }
+    }
+    g_work_cv.notify_all();
+}
+
+void stream_wait(cudaStream_t stream) {
+    std::unique_lock<std::mutex> hold(g_work_mu);
+    if (!stream) {
+        g_work_cv.wait(hold, [] { return !any_busy(); });
+        return;
+    }
+    uint64_t before = next_ticket(stream);
+    g_work_cv.wait(hold, [&] { return !busy_before(stream, before); });
 }
 
 } // namespace simt
@@ -95,6 +178,7 @@ void set_last_error(cudaError_t e) {
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int *count) {
+    api_lock hold(g_api);
     if (!count) return cudaErrorInvalidValue;
     *count = g_devices;
     return g_devices ? cudaSuccess : cudaErrorNoDevice;
@@ -114,12 +198,14 @@ cudaError_t cudaRuntimeGetVersion(int *version) {
 }
 
 cudaError_t cudaSetDevice(int device) {
+    api_lock hold(g_api);
     if (device < 0 || device >= g_devices) return cudaErrorInvalidDevice;
     g_current_device = device;
     return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int *device) {
+    api_lock hold(g_api);
     if (!device) return cudaErrorInvalidValue;
     if (!g_devices) return cudaErrorNoDevice;
     *device = g_current_device;
@@ -127,6 +213,7 @@ cudaError_t cudaGetDevice(int *device) {
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device) {
+    api_lock hold(g_api);
     if (!prop) return cudaErrorInvalidValue;
     if (device < 0 || device >= g_devices) return cudaErrorInvalidDevice;
     std::memset(prop, 0, sizeof *prop);
@@ -138,9 +225,17 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device) {
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return g_devices ? cudaSuccess : cudaErrorNoDevice; }
+cudaError_t cudaDeviceSynchronize(void) {
+    {
+        api_lock hold(g_api);
+        if (!g_devices) return cudaErrorNoDevice;
+    }
+    simt::stream_wait(nullptr);
+    return cudaSuccess;
+}
 
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+    api_lock hold(g_api);
     if (!ptr) return cudaErrorInvalidValue;
     *ptr = nullptr;
     if (!g_devices) return cudaErrorNoDevice;
@@ -155,6 +250,7 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes) {
 }
 
 cudaError_t cudaFree(void *ptr) {
+    api_lock hold(g_api);
     if (!ptr) return cudaSuccess;
     auto it = g_allocs.find((uintptr_t)ptr);
     if (it == g_allocs.end()) return cudaErrorInvalidDevicePointer;
@@ -165,6 +261,7 @@ cudaError_t cudaFree(void *ptr) {
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    api_lock hold(g_api);
     cudaError_t e = check_copy(dst, src, bytes, kind);
     if (e == cudaSuccess && bytes) std::memmove(dst, src, bytes);
     return e;
@@ -172,11 +269,14 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
+    simt::stream_wait(stream);
+    api_lock hold(g_api);
     if (!stream_ok(stream)) return cudaErrorInvalidResourceHandle;
     return cudaMemcpy(dst, src, bytes, kind);
 }
 
 cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
+    api_lock hold(g_api);
     if (bytes == 0) return cudaSuccess;
     if (!simt::is_device_range(dst, bytes)) return cudaErrorInvalidValue;
     std::memset(dst, value, bytes);
@@ -184,11 +284,14 @@ cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
 }
 
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream) {
+    simt::stream_wait(stream);
+    api_lock hold(g_api);
     if (!stream_ok(stream)) return cudaErrorInvalidResourceHandle;
     return cudaMemset(dst, value, bytes);
 }
 
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    api_lock hold(g_api);
     if (!free_bytes || !total_bytes) return cudaErrorInvalidValue;
     *total_bytes = (size_t)1 << 34;
     *free_bytes = *total_bytes > g_bytes_in_use ? *total_bytes - g_bytes_in_use : 0;
@@ -198,6 +301,7 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
 cudaError_t cudaStreamCreate(cudaStream_t *stream) { return cudaStreamCreateWithFlags(stream, 0); }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags) {
+    api_lock hold(g_api);
     if (!stream || flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;
     if (!g_devices) return cudaErrorNoDevice;
     /* A distinct non-null handle; nothing is ever stored behind it. */
@@ -207,41 +311,88 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags) {
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    simt::stream_wait(stream); /* the GPU finishes a destroyed stream's work */
+    api_lock hold(g_api);
     if (!stream || !g_streams.erase(stream)) return cudaErrorInvalidResourceHandle;
+    {
+        std::lock_guard<std::mutex> work(g_work_mu);
+        g_work.erase(stream);
+    }
     delete reinterpret_cast<char *>(stream);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-    return stream_ok(stream) ? cudaSuccess : cudaErrorInvalidResourceHandle;
+    {
+        api_lock hold(g_api);
+        if (!stream_ok(stream)) return cudaErrorInvalidResourceHandle;
+    }
+    simt::stream_wait(stream);
+    return cudaSuccess;
 }
 
-cudaError_t cudaEventCreate(cudaEvent_t *event) {
-    if (!event) return cudaErrorInvalidValue;
+cudaError_t cudaEventCreate(cudaEvent_t *event) { return cudaEventCreateWithFlags(event, 0); }
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags) {
+    api_lock hold(g_api);
+    if (!event || flags > (cudaEventBlockingSync | cudaEventDisableTiming))
+        return cudaErrorInvalidValue;
     *event = reinterpret_cast<cudaEvent_t>(new char);
-    g_events.insert(*event);
+    g_events[*event] = flags;
     return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
+    api_lock hold(g_api);
     if (!event || !g_events.erase(event)) return cudaErrorInvalidResourceHandle;
     g_event_time.erase(event);
+    {
+        std::lock_guard<std::mutex> work(g_work_mu);
+        g_event_work.erase(event);
+    }
     delete reinterpret_cast<char *>(event);
     return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+    api_lock hold(g_api);
     if (!g_events.count(event) || !stream_ok(stream)) return cudaErrorInvalidResourceHandle;
     g_event_time[event] = now_seconds();
+    std::lock_guard<std::mutex> work(g_work_mu);
+    g_event_work[event] = {stream, next_ticket(stream)};
     return cudaSuccess;
 }
 
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+    api_lock hold(g_api);
+    if (!g_events.count(event)) return cudaErrorInvalidResourceHandle;
+    std::lock_guard<std::mutex> work(g_work_mu);
+    auto it = g_event_work.find(event); /* never recorded: complete, as in CUDA */
+    return it != g_event_work.end() && busy_before(it->second.first, it->second.second)
+               ? cudaErrorNotReady
+               : cudaSuccess;
+}
+
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-    return g_events.count(event) ? cudaSuccess : cudaErrorInvalidResourceHandle;
+    {
+        api_lock hold(g_api);
+        if (!g_events.count(event)) return cudaErrorInvalidResourceHandle;
+    }
+    std::unique_lock<std::mutex> work(g_work_mu);
+    auto it = g_event_work.find(event);
+    if (it == g_event_work.end()) return cudaSuccess;
+    std::pair<const void *, uint64_t> at = it->second;
+    g_work_cv.wait(work, [&] { return !busy_before(at.first, at.second); });
+    return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    api_lock hold(g_api);
     if (!ms) return cudaErrorInvalidValue;
+    auto fa = g_events.find(start), fb = g_events.find(end);
+    if (fa == g_events.end() || fb == g_events.end() ||
+        ((fa->second | fb->second) & cudaEventDisableTiming))
+        return cudaErrorInvalidResourceHandle;
     auto a = g_event_time.find(start), b = g_event_time.find(end);
     if (a == g_event_time.end() || b == g_event_time.end()) return cudaErrorInvalidResourceHandle;
     *ms = (float)((b->second - a->second) * 1e3);
@@ -278,6 +429,8 @@ const char *cudaGetErrorName(cudaError_t error) {
         return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle:
         return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady:
+        return "cudaErrorNotReady";
     }
     return "cudaErrorUnknown";
 }
@@ -304,11 +457,19 @@ const char *cudaGetErrorString(cudaError_t error) {
         return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle:
         return "invalid resource handle";
+    case cudaErrorNotReady:
+        return "device not ready";
     }
     return "unknown error";
 }
 
-void simt_set_device_count(int n) { g_devices = n < 0 ? 0 : n; }
+void simt_set_device_count(int n) {
+    api_lock hold(g_api);
+    g_devices = n < 0 ? 0 : n;
+}
 
-size_t simt_device_bytes_in_use(void) { return g_bytes_in_use; }
+size_t simt_device_bytes_in_use(void) {
+    api_lock hold(g_api);
+    return g_bytes_in_use;
+}
 }

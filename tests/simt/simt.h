@@ -22,10 +22,10 @@
  *
  * Extension points. Library stand-ins live next to this file, one header + one .cc per library,
  * declaring exactly the subset the backend calls with the real names and signatures:
- * simt_runtime.h / runtime.cc (CUDA runtime), simt_cublas.h / cublas.cc (cuBLAS). cuDNN and NCCL
- * follow the same pattern when the backend starts using them: add simt_cudnn.h + cudnn.cc
- * (convolution and BatchNorm on the CPU), simt_nccl.h + nccl.cc (single-rank collectives as
- * copies), include the headers below and list the .cc files in the Makefile's SIMT_RT_SRCS.
+ * simt_runtime.h / runtime.cc (CUDA runtime), simt_cublas.h / cublas.cc (cuBLAS), simt_cudnn.h /
+ * cudnn.cc (convolutions on the CPU, included by kernels/cuda/dnn.cu) and simt_nccl.h / nccl.cc
+ * (collectives between ranks that are host threads, included by kernels/comm/comm_nccl.cu).
+ * The Makefile links every .cc file of tests/simt.
  */
 #ifndef MS_SIMT_H
 #define MS_SIMT_H

@@ -83,6 +83,16 @@ cublasStatus_t cublasGemmStridedBatchedEx(
     const void *alpha, const void *A, cudaDataType Atype, int lda, long long strideA, const void *B,
     cudaDataType Btype, int ldb, long long strideB, const void *beta, void *C, cudaDataType Ctype,
     int ldc, long long strideC, int batch, cublasComputeType_t computeType, cublasGemmAlgo_t algo);
+
+/* ---- emulator controls (not cuBLAS API) ------------------------------------------------------ */
+/* Matrix products computed so far (one per problem of a batched call), by how the operands
+ * entered them. */
+struct simt_cublas_stats {
+    unsigned long fp32_products; /* fp32 operands in plain fp32 */
+    unsigned long tf32_products; /* fp32 operands rounded to TF32 */
+    unsigned long bf16_products; /* bf16 operands */
+};
+void simt_cublas_get_stats(struct simt_cublas_stats *stats);
 }
 
 #endif

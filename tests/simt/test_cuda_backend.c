@@ -78,7 +78,7 @@ Test(cuda_backend, bf16_activations_round_to_nearest_even) {
 Test(cuda_backend, destroy_returns_device_memory) {
     size_t before = simt_device_bytes_in_use();
     char err[256];
-    ms_backend *be = ms_backend_cuda_create(0, MS_BF16, err, sizeof err);
+    ms_backend *be = ms_backend_cuda_create(0, MS_BF16, 0, err, sizeof err);
     cr_assert_not_null(be, "%s", err);
     size_t n = 4096;
     float *h = tu_floats(n);
@@ -106,7 +106,7 @@ Test(cuda_backend, select_with_an_emulated_gpu) {
     cr_assert_str_eq(be->name, "cuda");
     cr_assert_eq(be->act_dtype, MS_F32);
     be->destroy(be);
-    be = ms_backend_create("cuda:0", 1, 1, err, sizeof err);
+    be = ms_backend_create("cuda:0", 1, MS_BACKEND_BF16, err, sizeof err);
     cr_assert_not_null(be, "%s", err);
     cr_assert_eq(be->act_dtype, MS_BF16);
     be->destroy(be);
@@ -129,10 +129,10 @@ Test(cuda_backend, select_without_a_gpu) {
     be = ms_backend_create("cuda", 1, 0, err, sizeof err);
     cr_assert_null(be);
     cr_assert(strstr(err, "no CUDA GPU is available"), "message: %s", err);
-    be = ms_backend_create("auto", 1, 1, err, sizeof err);
+    be = ms_backend_create("auto", 1, MS_BACKEND_BF16, err, sizeof err);
     cr_assert_null(be);
     cr_assert(strstr(err, "bf16") && strstr(err, "train.precision: fp32"), "message: %s", err);
-    be = ms_backend_cuda_create(0, MS_F32, err, sizeof err);
+    be = ms_backend_cuda_create(0, MS_F32, 0, err, sizeof err);
     cr_assert_null(be);
     cr_assert(strstr(err, "no CUDA device available"), "message: %s", err);
 }
