@@ -5,7 +5,12 @@
  * Evaluates a checkpoint on a split with the metrics of DATASETS.md (the dataset of the config
  * stored in the checkpoint), prints a table, writes the metrics as JSON, the task x expert usage
  * of every MoE layer as CSV and as a PNG heatmap, Delta_m against a baseline metrics file, and
- * optionally every prediction in the dataset's own file formats (predictions.h). */
+ * optionally every prediction in the dataset's own file formats (predictions.h).
+ *
+ * Started as several ranks (mpirun, srun; docs/parallel.md) the ranks split every batch
+ * (ms_cli_evaluate_dist) and sum the metric accumulators and expert counts, so the results
+ * equal one process's; rank 0 alone prints and writes them. --save-predictions: every rank
+ * writes the files of its own images into DIR, rank 0 the README. */
 #include <getopt.h>
 #include <libgen.h>
 #include <math.h>
@@ -44,7 +49,13 @@ static void usage(FILE *f) {
             "                         that sample (DIR/TASK/..., encodings in DIR/README.txt and\n"
             "                         docs/datasets.md), at the evaluated size\n"
             "  -s, --set KEY=VALUE    override a key of the stored config (e.g. data.root)\n"
-            "  -h, --help             show this help\n");
+            "      --comm-timeout S   with several ranks: the longest any rank waits for the\n"
+            "                         others (default: MODSQUAD_COMM_TIMEOUT, else %.0f s)\n"
+            "  -h, --help             show this help\n\n"
+            "Several ranks (mpirun, srun; docs/parallel.md) split every batch of\n"
+            "eval.batch_size images; rank 0 prints and writes the results, and with\n"
+            "--save-predictions every rank writes its own images' files.\n",
+            MS_COMM_TIMEOUT_DEFAULT);
 }
 
 /* Writes usage.csv and usage.png next to `json_path`. */
@@ -95,6 +106,71 @@ static int write_usage(const char *json_path, const ms_config *cfg, const ms_mod
     return 0;
 }
 
+/* The metrics JSON: --out, else next to the checkpoint, else in the run directory (made). */
+static void json_path(char *json, size_t cap, const char *out, const char *ckpt, const char *step,
+                      const char *split, const ms_config *cfg) {
+    char dir[4096];
+    if (out) {
+        snprintf(json, cap, "%s", out);
+    } else if (!ckpt) {
+        snprintf(dir, sizeof dir, "%s/%s", cfg->run.dir, cfg->run.name);
+        snprintf(json, cap, "%s/metrics-init-%s.json", dir, split);
+    } else {
+        snprintf(dir, sizeof dir, "%s", ckpt);
+        snprintf(json, cap, "%s/metrics-%s-step%s.json", dirname(dir), split, step ? step : "x");
+    }
+}
+
+/* Rank 0's outputs after the evaluation: the table, the metrics JSON, the usage CSV and PNG
+ * and Delta_m against the baseline. */
+static int report(const ms_config *cfg, const ms_model *m, const ms_metric_result *res,
+                  const ms_usage *u, const char *json, const char *baseline) {
+    const int T = cfg->data.tasks.n;
+    char err[1024];
+    const char *names[MS_MAX_TASKS];
+    const ms_task_def *defs[MS_MAX_TASKS];
+    for (int t = 0; t < T; t++) {
+        names[t] = cfg->data.tasks.name[t];
+        defs[t] = ms_task_find(cfg->data.dataset, names[t]);
+    }
+    {
+        char jdir[4300];
+        snprintf(jdir, sizeof jdir, "%s", json);
+        ms_cli_make_dirs(dirname(jdir));
+    }
+    if (ms_metrics_json_write(json, T, names, res, err, sizeof err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err);
+        return -1;
+    }
+    printf("metrics: %s\n", json);
+    if (write_usage(json, cfg, m, u)) return -1;
+    if (baseline) {
+        static ms_metrics_file bf;
+        double dm;
+        if (ms_metrics_json_read(baseline, &bf, err, sizeof err) ||
+            ms_delta_m_baseline(T, defs, res, &bf, baseline, &dm, err, sizeof err)) {
+            fprintf(stderr, "modsquad: error: %s\n", err);
+            return -1;
+        }
+        printf("Delta_m against %s: %+.2f%%\n", baseline, dm);
+    }
+    return 0;
+}
+
+/* The checkpoint's weights into m (every rank reads the file itself). */
+static int load_weights(ms_model *m, ms_backend *be, ms_st_file *w, const char *ckpt,
+                        float **host) {
+    char err[1024];
+    const ms_param_table *pt = ms_model_params(m);
+    *host = ms_calloc(pt->total, sizeof(float));
+    if (ms_safetensors_load_params(w, ckpt, pt, *host, err, sizeof err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err);
+        return -1;
+    }
+    be->upload(be, ms_model_param_data(m), *host, pt->total * sizeof(float));
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"checkpoint", required_argument, 0, 'c'},
                                          {"config", required_argument, 0, 'C'},
@@ -103,10 +179,11 @@ int cmd_eval(int argc, char **argv) {
                                          {"baseline", required_argument, 0, 'b'},
                                          {"save-predictions", required_argument, 0, 'p'},
                                          {"set", required_argument, 0, 's'},
+                                         {"comm-timeout", required_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *ckpt = NULL, *config = NULL, *split = NULL, *out = NULL, *baseline = NULL;
-    const char *save_dir = NULL;
+    const char *save_dir = NULL, *timeout_arg = NULL;
     const char *sets[MAX_SETS];
     int n_sets = 0, c;
     opterr = 0;
@@ -118,6 +195,7 @@ int cmd_eval(int argc, char **argv) {
         case 'o': out = optarg; break;
         case 'b': baseline = optarg; break;
         case 'p': save_dir = optarg; break;
+        case 'T': timeout_arg = optarg; break;
         case 's':
             if (n_sets == MAX_SETS) return ms_usage_error("eval", "at most %d --set options", MAX_SETS);
             sets[n_sets++] = optarg;
@@ -128,6 +206,11 @@ int cmd_eval(int argc, char **argv) {
     }
     if (optind != argc) return ms_usage_error("eval", "unexpected argument '%s'", argv[optind]);
     if (!ckpt == !config) return ms_usage_error("eval", "give --checkpoint or --config (one of them)");
+    double timeout_s = ms_cli_comm_timeout(timeout_arg);
+    if (timeout_s < 0)
+        return ms_usage_error("eval", "%s needs a positive number of seconds, not '%s'",
+                              timeout_arg ? "--comm-timeout" : "MODSQUAD_COMM_TIMEOUT",
+                              timeout_arg ? timeout_arg : getenv("MODSQUAD_COMM_TIMEOUT"));
 
     char err[1024];
     ms_st_file w = {0};
@@ -154,91 +237,86 @@ int cmd_eval(int argc, char **argv) {
     }
     const char *step = ckpt ? ms_st_meta(&w, "modsquad.step") : "0";
     if (!split) split = cfg.eval.split;
+    ms_comm_env env;
+    ms_comm_env_detect(&env);
+    if (ms_cli_check_eval_world(&cfg, &env, "eval")) {
+        ms_safetensors_free(&w);
+        return 1;
+    }
+    char json[4200];
+    json_path(json, sizeof json, out, ckpt, step, split, &cfg);
     int rc = 1;
-    ms_backend *be = ms_cli_open_backend(&cfg);
+    ms_backend *be = ms_cli_open_backend_rank(&cfg, &env);
+    ms_world *world = NULL;
     ms_model *m = NULL;
     ms_data *d = NULL;
     float *host = NULL;
     ms_usage u = {0};
     ms_pred_writer *saver = NULL;
     if (!be) goto out;
-    int B = cfg.eval.batch_size;
-    m = ms_model_create(&cfg, be, &(ms_model_opts){.batch = B});
-    const ms_param_table *pt = ms_model_params(m);
+    {
+        /* NCCL without MPI meets in the directory of the metrics JSON, which rank 0 writes. */
+        char rdir[4300];
+        snprintf(rdir, sizeof rdir, "%s", json);
+        if (env.world > 1 && env.rank == 0) ms_cli_make_dirs(dirname(rdir));
+        snprintf(rdir, sizeof rdir, "%s", json);
+        world = ms_cli_open_world(&cfg, &env, be, timeout_s, dirname(rdir));
+    }
+    if (!world || ms_cli_same_config(world, &cfg)) goto out;
+    const int root = world->rank == 0, ranks = world->size;
+    /* Each rank evaluates its share of every batch of eval.batch_size images. */
+    int B = cfg.eval.batch_size / ranks;
+    ms_model_opts mo = {.batch = B, .rank = world->rank};
+    if (ranks > 1) mo.stats_sum = ms_world_sum_hook, mo.stats_ctx = world, mo.world = ranks;
+    m = ms_model_create(&cfg, be, &mo);
     if (ckpt) {
-        host = ms_calloc(pt->total, sizeof(float));
-        if (ms_safetensors_load_params(&w, ckpt, pt, host, err, sizeof err)) {
-            fprintf(stderr, "modsquad: error: %s\n", err);
-            goto out;
-        }
-        be->upload(be, ms_model_param_data(m), host, pt->total * sizeof(float));
+        if (ms_cli_agree(world, load_weights(m, be, &w, ckpt, &host))) goto out;
     } else {
         ms_model_init(m, (uint64_t)cfg.run.seed);
     }
     ms_io_err ierr = {0};
     ms_data_open_opts dopt = {0};
-    if (ms_data_open(&d, &cfg, split, &dopt, &ierr)) {
-        fprintf(stderr, "modsquad: error: %s\n", ierr.msg);
-        goto out;
-    }
+    int opened = ms_data_open(&d, &cfg, split, &dopt, &ierr);
+    if (opened) fprintf(stderr, "modsquad: error: %s\n", ierr.msg);
+    if (ms_cli_agree(world, opened)) goto out;
     const int T = cfg.data.tasks.n;
     ms_metric_result res[MS_MAX_TASKS];
     ms_usage_init(&u, m, T);
-    printf("modsquad eval %s (step %s) on %s/%s: %lld images\n", ckpt ? ckpt : config, step ? step : "?",
-           cfg.data.root, split, (long long)(cfg.eval.max_images > 0 && cfg.eval.max_images < d->n ? cfg.eval.max_images : d->n));
+    if (root) {
+        printf("modsquad eval %s (step %s) on %s/%s: %lld images\n", ckpt ? ckpt : config,
+               step ? step : "?", cfg.data.root, split,
+               (long long)(cfg.eval.max_images > 0 && cfg.eval.max_images < d->n ? cfg.eval.max_images : d->n));
+        if (ranks > 1)
+            printf("ranks: %d (%s), %d of each batch's %d images per rank\n", ranks, world->name,
+                   B, B * ranks);
+        fflush(stdout);
+    }
     ms_pred_sink sink = {0};
     if (save_dir) {
-        if (!(saver = ms_pred_writer_open(save_dir, &cfg, d))) goto out;
+        /* Rank 0 makes the directory and README.txt first (a directory that cannot be made
+         * is then reported once); every rank writes the files of its own images. */
+        if (root) saver = ms_pred_writer_open(save_dir, &cfg, d, 1);
+        if (ms_cli_agree(world, root && !saver)) goto out;
+        if (!root) saver = ms_pred_writer_open(save_dir, &cfg, d, 0);
+        if (ms_cli_agree(world, !saver)) goto out;
         sink = ms_pred_writer_sink(saver);
     }
-    if (ms_cli_evaluate(m, be, B, d, &cfg, cfg.eval.max_images, res, &u, NULL,
-                        saver ? &sink : NULL))
+    if (ms_cli_evaluate_dist(m, be, B, d, &cfg, cfg.eval.max_images, res, &u, NULL,
+                             saver ? &sink : NULL, world))
         goto out;
+    int64_t files = saver ? ms_pred_writer_files(saver) : 0;
+    if (saver && ms_world_allreduce(world, &files, 1, MS_COMM_I64, MS_COMM_SUM,
+                                    "the all-reduce of the saved predictions' count"))
+        ms_world_abort(world, 1);
+    if (!root) {
+        rc = 0;
+        goto out;
+    }
     ms_cli_print_metrics(&cfg, res);
     if (saver)
         printf("predictions: %s (%lld files, encodings in %s/README.txt)\n", save_dir,
-               (long long)ms_pred_writer_files(saver), save_dir);
-
-    char json[4200];
-    if (out) {
-        snprintf(json, sizeof json, "%s", out);
-    } else if (!ckpt) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s", cfg.run.dir, cfg.run.name);
-        ms_cli_make_dirs(dir);
-        snprintf(json, sizeof json, "%s/metrics-init-%s.json", dir, split);
-    } else {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", ckpt);
-        snprintf(json, sizeof json, "%s/metrics-%s-step%s.json", dirname(dir), split, step ? step : "x");
-    }
-    const char *names[MS_MAX_TASKS];
-    const ms_task_def *defs[MS_MAX_TASKS];
-    for (int t = 0; t < T; t++) {
-        names[t] = cfg.data.tasks.name[t];
-        defs[t] = ms_task_find(cfg.data.dataset, names[t]);
-    }
-    {
-        char jdir[4300];
-        snprintf(jdir, sizeof jdir, "%s", json);
-        ms_cli_make_dirs(dirname(jdir));
-    }
-    if (ms_metrics_json_write(json, T, names, res, err, sizeof err)) {
-        fprintf(stderr, "modsquad: error: %s\n", err);
-        goto out;
-    }
-    printf("metrics: %s\n", json);
-    if (write_usage(json, &cfg, m, &u)) goto out;
-    if (baseline) {
-        static ms_metrics_file bf;
-        double dm;
-        if (ms_metrics_json_read(baseline, &bf, err, sizeof err) ||
-            ms_delta_m_baseline(T, defs, res, &bf, baseline, &dm, err, sizeof err)) {
-            fprintf(stderr, "modsquad: error: %s\n", err);
-            goto out;
-        }
-        printf("Delta_m against %s: %+.2f%%\n", baseline, dm);
-    }
+               (long long)files, save_dir);
+    if (report(&cfg, m, res, &u, json, baseline)) goto out;
     rc = 0;
 out:
     ms_pred_writer_close(saver);
@@ -246,6 +324,7 @@ out:
     ms_data_close(d);
     free(host);
     if (m) ms_model_destroy(m);
+    ms_world_close(world);
     if (be) be->destroy(be);
     ms_safetensors_free(&w);
     return rc;

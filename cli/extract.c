@@ -5,7 +5,11 @@
  * model/extract.h): a calibration pass of the full model in evaluation mode measures how much
  * of the task's tokens select each expert, the experts above the threshold are kept (at least
  * top-k per layer), and Q is written atomically: a checkpoint of the same architecture for that
- * one task, which `modsquad eval --checkpoint Q` evaluates as it is. */
+ * one task, which `modsquad eval --checkpoint Q` evaluates as it is.
+ *
+ * Started as several ranks (mpirun, srun; docs/parallel.md) the ranks split the calibration
+ * pass (ms_cli_evaluate_dist sums the expert counts over them); rank 0 alone chooses, prints and
+ * writes, so the result is that of one process. */
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -54,7 +58,12 @@ static void usage(FILE *f) {
           "  -j, --json FILE        also write a summary (kept experts, usage, params, FLOPs) as JSON\n"
           "  -s, --set KEY=VALUE    override a key of the stored config (e.g. data.root); the\n"
           "                         extracted checkpoint stores the config with the overrides\n"
-          "  -h, --help             show this help\n",
+          "      --comm-timeout S   with several ranks: the longest any rank waits for the\n"
+          "                         others (default: MODSQUAD_COMM_TIMEOUT, else 600 s)\n"
+          "  -h, --help             show this help\n"
+          "\n"
+          "Several ranks (mpirun, srun; docs/parallel.md) split the calibration images, each\n"
+          "batch of eval.batch_size over all of them; rank 0 writes the results.\n",
           f);
 }
 
@@ -262,7 +271,7 @@ static int write_json(const char *path, const char *ckpt, const char *out, const
 }
 
 typedef struct {
-    const char *task, *ckpt, *out, *split, *json;
+    const char *task, *ckpt, *out, *split, *json, *timeout;
     double threshold; /* < 0: eval.usage_threshold */
     long images;      /* < 0: eval.calibration_images */
     const char *sets[MAX_SETS];
@@ -278,6 +287,7 @@ static int parse_args(int argc, char **argv, args *a, int *done) {
                                          {"images", required_argument, 0, 'n'},
                                          {"json", required_argument, 0, 'j'},
                                          {"set", required_argument, 0, 's'},
+                                         {"comm-timeout", required_argument, 0, 'C'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -293,6 +303,7 @@ static int parse_args(int argc, char **argv, args *a, int *done) {
         case 'o': a->out = optarg; break;
         case 'S': a->split = optarg; break;
         case 'j': a->json = optarg; break;
+        case 'C': a->timeout = optarg; break;
         case 'T':
             if (parse_percent(optarg, &a->threshold))
                 return ms_usage_error("extract", "--threshold takes a percentage from 0 to 100, "
@@ -317,6 +328,10 @@ static int parse_args(int argc, char **argv, args *a, int *done) {
     if (!a->task) return ms_usage_error("extract", "missing --task NAME");
     if (!a->ckpt) return ms_usage_error("extract", "missing --checkpoint PATH");
     if (!a->out) return ms_usage_error("extract", "missing --out PATH");
+    if (ms_cli_comm_timeout(a->timeout) < 0)
+        return ms_usage_error("extract", "%s needs a positive number of seconds, not '%s'",
+                              a->timeout ? "--comm-timeout" : "MODSQUAD_COMM_TIMEOUT",
+                              a->timeout ? a->timeout : getenv("MODSQUAD_COMM_TIMEOUT"));
     return 0;
 }
 
@@ -387,6 +402,30 @@ static int write_extracted(const args *a, const ms_config *ext_cfg, const ms_mod
     return rc;
 }
 
+/* The calibration pass over the ranks of `world`: u receives every rank's expert selections
+ * of the split. 0, or -1 on every rank. */
+static int calibrate(ms_model *m, ms_backend *be, int B, const ms_config *cfg, const char *split,
+                     long images, ms_world *world, ms_usage *u, ms_data **d, char *calib,
+                     size_t cap) {
+    ms_io_err ierr = {0};
+    int rc = ms_data_open(d, cfg, split, &(ms_data_open_opts){0}, &ierr);
+    if (rc) fprintf(stderr, "modsquad: error: %s\n", ierr.msg);
+    if (ms_cli_agree(world, rc)) return -1;
+    long n_img = images > 0 && images < (*d)->n ? images : (long)(*d)->n;
+    snprintf(calib, cap, "%s/%s, %ld images", cfg->data.root, split, n_img);
+    if (world->rank == 0) {
+        printf("calibration: the full model in evaluation mode on %s", calib);
+        if (world->size > 1)
+            printf(" (%d ranks, %d of each batch's %d images per rank)", world->size, B,
+                   B * world->size);
+        printf("\n");
+        fflush(stdout);
+    }
+    ms_metric_result res[MS_MAX_TASKS];
+    ms_usage_init(u, m, cfg->data.tasks.n);
+    return ms_cli_evaluate_dist(m, be, B, *d, cfg, images, res, u, NULL, NULL, world) ? -1 : 0;
+}
+
 int cmd_extract(int argc, char **argv) {
     args a;
     int done;
@@ -397,6 +436,7 @@ int cmd_extract(int argc, char **argv) {
     static ms_config cfg, ext_cfg;
     ms_st_file w = {0};
     ms_backend *be = NULL;
+    ms_world *world = NULL;
     ms_model *m = NULL, *ext = NULL;
     ms_data *d = NULL;
     float *host = NULL, *ext_host = NULL;
@@ -409,45 +449,61 @@ int cmd_extract(int argc, char **argv) {
     if (load_checkpoint(&a, &w, &cfg)) goto out;
     int t = find_task(&cfg, &a);
     if (t < 0) goto out;
-    if (check_output(a.out, a.ckpt)) goto out;
+    ms_comm_env env;
+    ms_comm_env_detect(&env);
+    if (ms_cli_check_eval_world(&cfg, &env, "extract")) goto out;
+    /* Rank 0 writes the output (checked before the calibration, which may take long); its
+     * directory is also where NCCL without MPI meets. */
+    int bad_out = env.rank == 0 && check_output(a.out, a.ckpt);
+    if (bad_out && env.world == 1) goto out;
     const char *step_text = ms_st_meta(&w, "modsquad.step");
     long step = step_text ? strtol(step_text, NULL, 10) : 0;
     double threshold = a.threshold >= 0 ? a.threshold : cfg.eval.usage_threshold;
     long images = a.images >= 0 ? a.images : cfg.eval.calibration_images;
     const char *split = a.split ? a.split : cfg.eval.split;
-    printf("modsquad extract %s from %s (step %ld, model.arch %s, %d tasks)\n", a.task, a.ckpt,
-           step, ms_arch_names[cfg.model.arch], cfg.data.tasks.n);
 
-    be = ms_cli_open_backend(&cfg);
+    be = ms_cli_open_backend_rank(&cfg, &env);
     if (!be) goto out;
-    int B = cfg.eval.batch_size;
-    m = ms_model_create(&cfg, be, &(ms_model_opts){.batch = B});
+    {
+        char rdir[4096];
+        snprintf(rdir, sizeof rdir, "%s", a.out);
+        world = ms_cli_open_world(&cfg, &env, be, ms_cli_comm_timeout(a.timeout), dirname(rdir));
+    }
+    if (!world || ms_cli_agree(world, bad_out) || ms_cli_same_config(world, &cfg)) goto out;
+    const int root = world->rank == 0;
+    if (root)
+        printf("modsquad extract %s from %s (step %ld, model.arch %s, %d tasks)\n", a.task, a.ckpt,
+               step, ms_arch_names[cfg.model.arch], cfg.data.tasks.n);
+    /* Each rank evaluates its share of every batch of eval.batch_size images. */
+    int B = cfg.eval.batch_size / world->size;
+    ms_model_opts mo = {.batch = B, .rank = world->rank};
+    if (world->size > 1)
+        mo.stats_sum = ms_world_sum_hook, mo.stats_ctx = world, mo.world = world->size;
+    m = ms_model_create(&cfg, be, &mo);
     const ms_param_table *pt = ms_model_params(m);
     host = ms_calloc(pt->total, sizeof(float));
-    if (ms_safetensors_load_params(&w, a.ckpt, pt, host, err, sizeof err)) {
-        fprintf(stderr, "modsquad: error: %s\n", err);
-        goto out;
-    }
+    int loaded = ms_safetensors_load_params(&w, a.ckpt, pt, host, err, sizeof err);
+    if (loaded) fprintf(stderr, "modsquad: error: %s\n", err);
+    if (ms_cli_agree(world, loaded)) goto out;
     be->upload(be, ms_model_param_data(m), host, pt->total * sizeof(float));
 
     layers = ms_model_moe_layers(m);
     char calib[MS_PATH_MAX + 128] = "none (no MoE layers)";
     lc = ms_calloc(layers ? (size_t)layers : 1, sizeof *lc);
     if (layers) {
-        ms_io_err ierr = {0};
-        if (ms_data_open(&d, &cfg, split, &(ms_data_open_opts){0}, &ierr)) {
-            fprintf(stderr, "modsquad: error: %s\n", ierr.msg);
+        if (calibrate(m, be, B, &cfg, split, images, world, &u, &d, calib, sizeof calib))
+            goto out;
+        if (!root) {
+            rc = 0;
             goto out;
         }
-        long n_img = images > 0 && images < d->n ? images : (long)d->n;
-        snprintf(calib, sizeof calib, "%s/%s, %ld images", cfg.data.root, split, n_img);
-        printf("calibration: the full model in evaluation mode on %s\n", calib);
-        ms_metric_result res[MS_MAX_TASKS];
-        ms_usage_init(&u, m, cfg.data.tasks.n);
-        if (ms_cli_evaluate(m, be, B, d, &cfg, images, res, &u, NULL, NULL)) goto out;
         choose(m, &u, t, threshold, lc, &sets);
         print_layers(lc, layers, a.task, threshold);
     } else {
+        if (!root) {
+            rc = 0;
+            goto out;
+        }
         memset(&sets, 0, sizeof sets);
         printf("model.arch %s has no MoE layers: the extracted model keeps the weights %s uses "
                "(no calibration)\n", ms_arch_names[cfg.model.arch], a.task);
@@ -487,6 +543,7 @@ out:
     free(ext_host);
     if (ext) ms_model_destroy(ext);
     if (m) ms_model_destroy(m);
+    ms_world_close(world);
     if (be) be->destroy(be);
     ms_safetensors_free(&w);
     return rc;

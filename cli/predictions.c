@@ -349,7 +349,8 @@ static int write_readme(const ms_pred_writer *w, const ms_config *cfg) {
 
 /* ---- the writer ------------------------------------------------------------------------------ */
 
-ms_pred_writer *ms_pred_writer_open(const char *dir, const ms_config *cfg, const ms_data *d) {
+ms_pred_writer *ms_pred_writer_open(const char *dir, const ms_config *cfg, const ms_data *d,
+                                    int readme) {
     if (strlen(dir) >= MS_PATH_MAX - 64) {
         fprintf(stderr, "modsquad: error: --save-predictions %s: path too long\n", dir);
         return NULL;
@@ -383,7 +384,7 @@ ms_pred_writer *ms_pred_writer_open(const char *dir, const ms_config *cfg, const
         ms_pred_writer_close(w);
         return NULL;
     }
-    if (write_readme(w, cfg)) {
+    if (readme && write_readme(w, cfg)) {
         ms_pred_writer_close(w);
         return NULL;
     }

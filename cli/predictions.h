@@ -21,10 +21,16 @@
 
 typedef struct ms_pred_writer ms_pred_writer;
 
-/* Creates dir (with its parents) and dir/README.txt for cfg's tasks; d (which must outlive the
- * writer) names the samples. NULL, with a message on stderr naming the path that could not be
- * created or written, when dir is not writable. */
-ms_pred_writer *ms_pred_writer_open(const char *dir, const ms_config *cfg, const ms_data *d);
+/* Creates dir (with its parents) and, when readme is set, dir/README.txt for cfg's tasks; d
+ * (which must outlive the writer) names the samples. NULL, with a message on stderr naming the
+ * path that could not be created or written, when dir is not writable.
+ *
+ * Several ranks may write into one dir at once (modsquad eval under mpirun), one writer each,
+ * README from one of them: each writes the files of its own samples only, directories are
+ * created race-free (an existing one is fine) and every file goes through its own uniquely
+ * named temporary file, so no two ranks ever write the same path. */
+ms_pred_writer *ms_pred_writer_open(const char *dir, const ms_config *cfg, const ms_data *d,
+                                    int readme);
 
 /* The sink that hands ms_cli_evaluate's predictions to w. Its function writes one file per
  * task and real sample of each batch; on a failed write it prints the path and why and returns

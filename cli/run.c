@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../data/loader.h"
 #include "../kernels/backend_select.h"
@@ -39,7 +40,8 @@ ms_backend *ms_cli_open_backend(const ms_config *cfg) {
 ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int threads) {
     char err[512];
     int bf16 = cfg->train.precision == MS_PRECISION_BF16;
-    ms_backend *be = ms_backend_create(device, threads, bf16, err, sizeof err);
+    unsigned precision = (bf16 ? MS_BACKEND_BF16 : 0) | (cfg->train.tf32 ? MS_BACKEND_TF32 : 0);
+    ms_backend *be = ms_backend_create(device, threads, precision, err, sizeof err);
     if (!be) {
         fprintf(stderr, "modsquad: error: run.device '%s': %s\n", device, err);
         return NULL;
@@ -60,6 +62,85 @@ ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int
         return NULL;
     }
     return be;
+}
+
+/* ---- several ranks ----------------------------------------------------------------------- */
+
+double ms_cli_comm_timeout(const char *arg) {
+    const char *v = arg ? arg : getenv("MODSQUAD_COMM_TIMEOUT");
+    if (!v || !*v) return MS_COMM_TIMEOUT_DEFAULT;
+    char *end;
+    double s = strtod(v, &end);
+    return *end || !(s > 0) || !isfinite(s) ? -1 : s;
+}
+
+ms_backend *ms_cli_open_backend_rank(const ms_config *cfg, const ms_comm_env *env) {
+    if (env->world == 1) return ms_cli_open_backend(cfg);
+    char device[MS_NAME_MAX];
+    snprintf(device, sizeof device, "%s", cfg->run.device);
+    int threads = cfg->run.threads;
+    if (strcmp(cfg->run.device, "auto") == 0 || strcmp(cfg->run.device, "cuda") == 0) {
+        int gpu = ms_comm_gpu_of(env);
+        if (gpu >= 0) snprintf(device, sizeof device, "cuda:%d", gpu);
+    }
+    if (threads == 0 && !getenv("OMP_NUM_THREADS") && env->local_world > 1) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores / env->local_world > 1 ? (int)(cores / env->local_world) : 1;
+    }
+    return ms_cli_open_backend_on(cfg, device, threads);
+}
+
+ms_world *ms_cli_open_world(const ms_config *cfg, const ms_comm_env *env, ms_backend *be,
+                            double timeout_s, const char *rendezvous_dir) {
+    static const ms_world_kind kinds[] = {[MS_COMM_AUTO] = MS_WORLD_AUTO,
+                                          [MS_COMM_NONE] = MS_WORLD_NONE,
+                                          [MS_COMM_MPI] = MS_WORLD_MPI,
+                                          [MS_COMM_NCCL] = MS_WORLD_NCCL};
+    ms_world_opts wo = {kinds[cfg->run.comm], timeout_s, rendezvous_dir};
+    char err[1024];
+    ms_world *w = ms_world_open(&wo, env, be, err, sizeof err);
+    if (!w) fprintf(stderr, "modsquad: error: run.comm '%s': %s\n", ms_comm_names[cfg->run.comm], err);
+    return w;
+}
+
+int ms_cli_agree(ms_world *w, int rc) {
+    if (w->size == 1) return rc != 0;
+    int64_t worst = rc != 0;
+    if (ms_world_allreduce(w, &worst, 1, MS_COMM_I64, MS_COMM_MAX,
+                           "the all-reduce of the ranks' status"))
+        ms_world_abort(w, 1);
+    if (worst && !rc && w->rank == 0)
+        fprintf(stderr,
+                "modsquad: error: another rank failed (its message above says why); stopping\n");
+    return (int)worst;
+}
+
+int ms_cli_same_config(ms_world *w, const ms_config *cfg) {
+    if (w->size == 1) return 0;
+    char *yaml = ms_config_to_yaml(cfg);
+    int same = ms_world_same(w, ms_comm_hash(yaml, strlen(yaml), MS_COMM_HASH_SEED),
+                             "the comparison of the configs");
+    free(yaml);
+    if (same < 0) ms_world_abort(w, 1);
+    if (!same && w->rank == 0)
+        fprintf(stderr, "modsquad: error: the %d ranks resolved different configs (another "
+                        "checkpoint, config file or --set on some rank?); every rank must run "
+                        "the same command\n",
+                w->size);
+    return same ? 0 : -1;
+}
+
+int ms_cli_check_eval_world(const ms_config *cfg, const ms_comm_env *env, const char *cmd) {
+    int B = cfg->eval.batch_size, ranks = env->world;
+    if (B % ranks == 0) return 0;
+    if (env->rank == 0) {
+        int fit = B / ranks > 0 ? B / ranks * ranks : ranks;
+        fprintf(stderr, "modsquad: error: %s on %d ranks: eval.batch_size (%d) is the global "
+                        "evaluation batch and must be divisible by the ranks; add --set "
+                        "eval.batch_size=%d\n",
+                cmd, ranks, B, fit);
+    }
+    return 1;
 }
 
 int ms_cli_make_dirs(const char *path) {
@@ -106,12 +187,13 @@ double ms_usage_percent(const ms_usage *u, int l, int t, int e) {
     return total ? 100.0 * (double)row[e] / (double)total : 0.0;
 }
 
-static void usage_add(ms_usage *u, const ms_model *m) {
+/* Adds the selections of the first n images of the last forward (the rest is padding). */
+static void usage_add(ms_usage *u, const ms_model *m, int n) {
     int64_t tmp[1024];
     for (int l = 0; l < u->layers; l++)
         for (int t = 0; t < u->T; t++) {
             MS_ASSERT(u->E[l] <= 1024);
-            ms_model_expert_counts(m, l, t, tmp);
+            ms_model_expert_counts_of(m, l, t, n, tmp);
             int64_t *row = usage_row(u, l, t);
             for (int e = 0; e < u->E[l]; e++) row[e] += tmp[e];
         }
@@ -235,7 +317,7 @@ int ms_cli_evaluate_dist(ms_model *m, ms_backend *be, int B, ms_data *d, const m
         ms_model_losses(m, &l);
         for (int t = 0; t < T; t++) loss_sum[t] += l.task[t];
         batches++;
-        if (usage) usage_add(usage, m);
+        if (usage) usage_add(usage, m, n);
         for (int t = 0; t < T && !failed; t++) {
             size_t per = def[t]->classification ? (size_t)def[t]->channels
                                                 : (size_t)def[t]->channels * in->H * in->W;

@@ -26,6 +26,32 @@ ms_backend *ms_cli_open_backend(const ms_config *cfg);
  * data-parallel rank's own GPU (cuda:LOCAL_RANK) or its share of the node's cores. */
 ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int threads);
 
+/* ---- several ranks (docs/parallel.md) ---------------------------------------------------- */
+
+/* The collective timeout in seconds: arg (--comm-timeout), else MODSQUAD_COMM_TIMEOUT, else
+ * MS_COMM_TIMEOUT_DEFAULT; -1 when the value given is not a positive number. */
+double ms_cli_comm_timeout(const char *arg);
+/* The backend of env's rank: run.device and run.threads, except that with several ranks
+ * 'auto' and 'cuda' take the rank's own GPU (cuda:LOCAL_RANK modulo the GPUs it sees) and
+ * run.threads 0, without OMP_NUM_THREADS, the rank's share of the node's cores. NULL with a
+ * message on stderr. */
+ms_backend *ms_cli_open_backend_rank(const ms_config *cfg, const ms_comm_env *env);
+/* The collectives of run.comm for env's rank on be (a world of one without a launcher).
+ * NCCL started without MPI finds the other ranks through a file in rendezvous_dir, a directory
+ * every rank sees. NULL with a message on stderr. */
+ms_world *ms_cli_open_world(const ms_config *cfg, const ms_comm_env *env, ms_backend *be,
+                            double timeout_s, const char *rendezvous_dir);
+/* After a phase that can fail on some ranks only (rc 0 or not): 1 on every rank when any rank
+ * failed, so that every rank leaves by the same path; rank 0 says so when only others failed.
+ * A collective that fails stops every rank. */
+int ms_cli_agree(ms_world *w, int rc);
+/* 0 when every rank resolved the same config (the same file and --set on every rank), else
+ * -1 on every rank, with a message from rank 0. */
+int ms_cli_same_config(ms_world *w, const ms_config *cfg);
+/* eval and extract split every evaluation batch (eval.batch_size) over the ranks: 0, or 1 with
+ * a message (from rank 0) when the ranks do not divide it. */
+int ms_cli_check_eval_world(const ms_config *cfg, const ms_comm_env *env, const char *cmd);
+
 /* mkdir -p; 0 or -1 with errno set. */
 int ms_cli_make_dirs(const char *path);
 
@@ -55,8 +81,8 @@ typedef struct {
 
 /* Runs the model (built for batches of B on be) in evaluation mode over every sample of d (at
  * most max_images when > 0); results[T] receives each task's metrics, usage (may be NULL) the
- * expert selections, mean_loss[T] (may be NULL) the mean task losses, sink (may be NULL) the
- * predictions. Returns 0, or 1 with a message on stderr naming the file that could not be read
+ * expert selections of every image (not of a short last batch's padding), mean_loss[T] (may be
+ * NULL) the mean task losses, sink (may be NULL) the predictions. Returns 0, or 1 with a message on stderr naming the file that could not be read
  * or written. */
 int ms_cli_evaluate(ms_model *m, ms_backend *be, int B, ms_data *d, const ms_config *cfg,
                     int64_t max_images, ms_metric_result *results, ms_usage *usage,

@@ -13,12 +13,30 @@
  *
  * Names: task_heads.{t}.norm.*, task_heads.{t}.conv_{i}.weight (Co, Ci, k, k) / .bias and
  * task_heads.{t}.bn_{i}.weight / .bias / .running_mean / .running_var (M3ViT calls its
- * BatchNorms syncbn_fc_{i} and synchronises them across GPUs; ours use each rank's batch).
+ * BatchNorms syncbn_fc_{i}; like them, ours are synchronised across the ranks, see below).
  * PyTorch's num_batches_tracked is not kept: with a fixed momentum nothing reads it.
  * Init: PyTorch defaults (M3ViT's init_weights only touches Linear and LayerNorm): conv weight
  * and bias U(+-1/sqrt(Ci k k)) (kaiming_uniform with a = sqrt 5), BatchNorm 1 / 0 with running
- * mean 0 and variance 1, LayerNorm 1 / 0. */
+ * mean 0 and variance 1, LayerNorm 1 / 0.
+ *
+ * SyncBatchNorm (data parallelism, training): every rank holds B of the global batch's B x world
+ * images. The forward normalises with the statistics of the global batch, combined from each
+ * rank's mean and biased variance (equal counts: mean = mean of the means; variance = mean of
+ * (variance + (rank mean - mean)^2), exact, without the cancellation of sums of squares), and
+ * updates the running statistics with them. The backward of
+ *     y = gamma xhat + beta,  xhat = (x - mean) rstd
+ * for a loss whose gradient is averaged over the ranks is, on each rank,
+ *     dx = gamma rstd (dy - S1 / M - xhat S2 / M),  S1 = sum dy,  S2 = sum dy xhat
+ * with the sums over all ranks and M = B P world; dgamma and dbeta take this rank's sums (the
+ * gradient average adds them up). The backend's BatchNorm ops take their statistics from the
+ * batch they are given, so the step is assembled from them: batchnorm_train yields this rank's
+ * statistics, batchnorm_eval normalises with given ones, batchnorm_bwd with dx omitted yields
+ * this rank's S1 and S2 and with dx the backward of the local sums, which differs from the one
+ * above by gamma rstd ((s1 / m - S1 / M) + xhat (s2 / m - S2 / M)) per channel (m = B P): an
+ * affine function of xhat, added by one more batchnorm_eval. */
+#include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "../kernels/util.h"
 #include "heads_internal.h"
@@ -86,6 +104,7 @@ void head_conv_create(ms_heads *h, int t, ms_param_table *pt) {
         head_grow(&h->grad_n, B * L->ci * P);       /* dx of the conv */
         head_grow(&h->grad_n, B * L->co * P);       /* dz, d(relu) */
         if (L->up) head_grow(&h->grad_n, B * L->co * 4 * P);
+        if (L->bn) head_grow(&h->sync_n, 2 * (size_t)L->co); /* SyncBatchNorm's exchanges */
         if (L->bn) head_grow(&h->tmp_n, B * L->co * P); /* BatchNorm output before the ReLU */
         if (L->k > 1) head_grow(&h->col_n, (size_t)fan_in * P);
         if (L->up) hh *= 2, ww *= 2;
@@ -112,10 +131,90 @@ void head_conv_alloc(ms_heads *h, int t, ms_arena *a) {
         L->r = L->bn ? head_take_act(h, a, n) : NULL;
         L->mean = L->bn ? head_take_f32(a, (size_t)L->co) : NULL;
         L->rstd = L->bn ? head_take_f32(a, (size_t)L->co) : NULL;
+        L->var = L->bn ? head_take_f32(a, (size_t)L->co) : NULL;
         L->out = L->up ? head_take_act(h, a, 4 * n) : L->bn ? L->r : L->z;
         in = L->out;
     }
     th->pred = in;
+}
+
+/* SyncBatchNorm forward of layer L: y[B, co, P] = BatchNorm of L->z with the global batch's
+ * statistics, which also go to L->mean / rstd / var and into the running statistics. */
+static void sync_bn_forward(ms_heads *h, const conv_layer *L, ms_act *y) {
+    ms_backend *be = h->be;
+    const int C = L->co, B = h->B, P = L->hh * L->ww;
+    const double ranks = h->world, M = (double)B * P * ranks, eps = HEAD_BN_EPS;
+    const double mom = HEAD_BN_MOMENTUM;
+    const size_t bytes = (size_t)C * sizeof(float);
+    /* host [C] each: old running mean and variance, this rank's mean and rstd, the exchange,
+     * then the global mean, variance and rstd */
+    float *old_rm = h->host_sync, *old_rv = old_rm + C, *mu = old_rv + C, *rs = mu + C;
+    float *x = rs + C, *gm = x + C, *gv = gm + C, *grs = gv + C;
+    float *rmean = head_param(h, L->rmean), *rvar = head_param(h, L->rvar);
+    const float *gamma = head_param(h, L->gamma), *beta = head_param(h, L->beta);
+    be->download(be, old_rm, rmean, bytes);
+    be->download(be, old_rv, rvar, bytes);
+    /* This rank's statistics (its update of the running ones is replaced below). */
+    be->batchnorm_train(be, y, L->mean, L->rstd, rmean, rvar, L->z, gamma, beta, B, C, P,
+                        HEAD_BN_EPS, HEAD_BN_MOMENTUM);
+    be->download(be, mu, L->mean, bytes);
+    be->download(be, rs, L->rstd, bytes);
+    memcpy(x, mu, bytes);
+    head_all_sum(h, x, (size_t)C);
+    for (int c = 0; c < C; c++) {
+        gm[c] = (float)(x[c] / ranks);
+        const double var = 1.0 / ((double)rs[c] * rs[c]) - eps, d = (double)mu[c] - gm[c];
+        x[c] = (float)(var + d * d);
+    }
+    head_all_sum(h, x, (size_t)C);
+    for (int c = 0; c < C; c++) {
+        const double var = fmax(x[c] / ranks, 0.0); /* biased: what normalises */
+        gv[c] = (float)var;
+        grs[c] = (float)(1.0 / sqrt((double)gv[c] + eps)); /* as batchnorm_eval derives it */
+        /* PyTorch tracks the unbiased variance of the M values (batchnorm_train alike) */
+        const double unbiased = M > 1 ? var * M / (M - 1) : var;
+        old_rm[c] = (float)((1.0 - mom) * old_rm[c] + mom * gm[c]);
+        old_rv[c] = (float)((1.0 - mom) * old_rv[c] + mom * unbiased);
+    }
+    be->upload(be, L->mean, gm, bytes);
+    be->upload(be, L->var, gv, bytes);
+    be->upload(be, L->rstd, grs, bytes);
+    be->upload(be, rmean, old_rm, bytes);
+    be->upload(be, rvar, old_rv, bytes);
+    be->batchnorm_eval(be, y, L->z, L->mean, L->var, gamma, beta, B, C, P, HEAD_BN_EPS);
+}
+
+/* SyncBatchNorm backward of layer L: dx[B, co, P] written from dy, the gradients of its gamma
+ * and beta accumulated with this rank's share. */
+static void sync_bn_backward(ms_heads *h, const conv_layer *L, ms_act *dx, const ms_act *dy) {
+    ms_backend *be = h->be;
+    const int C = L->co, B = h->B, P = L->hh * L->ww;
+    const double m = (double)B * P, M = m * h->world;
+    const size_t bytes = (size_t)C * sizeof(float);
+    /* host: this rank's sums [2, C] (dy, then dy xhat), the global ones [2, C], gamma [C],
+     * rstd [C], the correction's scale and shift [2, C] */
+    float *loc = h->host_sync, *all = loc + 2 * C, *gamma = all + 2 * C, *rs = gamma + C;
+    float *corr = rs + C;
+    const float *gamma_dev = head_param(h, L->gamma);
+    be->zero(be, h->sync, 2 * bytes);
+    be->batchnorm_bwd(be, NULL, h->sync + C, h->sync, dy, L->z, L->mean, L->rstd, gamma_dev, B,
+                      C, P);
+    be->download(be, loc, h->sync, 2 * bytes);
+    memcpy(all, loc, 2 * bytes);
+    head_all_sum(h, all, 2 * (size_t)C);
+    be->batchnorm_bwd(be, dx, head_grad(h, L->gamma), head_grad(h, L->beta), dy, L->z, L->mean,
+                      L->rstd, gamma_dev, B, C, P);
+    be->download(be, gamma, gamma_dev, bytes);
+    be->download(be, rs, L->rstd, bytes);
+    for (int c = 0; c < C; c++) {
+        const double k = (double)gamma[c] * rs[c];
+        corr[c] = (float)(k * (loc[C + c] / m - all[C + c] / M)); /* times xhat */
+        corr[C + c] = (float)(k * (loc[c] / m - all[c] / M));     /* plus */
+    }
+    be->upload(be, h->sync, corr, 2 * bytes);
+    be->batchnorm_eval(be, h->tmp0, L->z, L->mean, L->var, h->sync, h->sync + C, B, C, P,
+                       HEAD_BN_EPS);
+    be->add(be, dx, dx, h->tmp0, (size_t)B * C * P);
 }
 
 void head_conv_forward(ms_heads *h, int t, const ms_act *x, int training) {
@@ -134,7 +233,9 @@ void head_conv_forward(ms_heads *h, int t, const ms_act *x, int training) {
         be->conv2d(be, L->z, L->in, head_param(h, L->w), head_param(h, L->b), B, L->ci, L->hh,
                    L->ww, L->co, L->k, h->col);
         if (L->bn) {
-            if (training)
+            if (training && h->world > 1)
+                sync_bn_forward(h, L, h->tmp0);
+            else if (training)
                 be->batchnorm_train(be, h->tmp0, L->mean, L->rstd, head_param(h, L->rmean),
                                     head_param(h, L->rvar), L->z, head_param(h, L->gamma),
                                     head_param(h, L->beta), B, L->co, P, HEAD_BN_EPS,
@@ -169,8 +270,11 @@ void head_conv_backward(ms_heads *h, int t, const ms_act *x, ms_act *dx) {
             next = other(h, cur);
             be->relu_bwd(be, next, cur, L->r, (size_t)B * L->co * P);
             cur = next, next = other(h, cur);
-            be->batchnorm_bwd(be, next, head_grad(h, L->gamma), head_grad(h, L->beta), cur, L->z,
-                              L->mean, L->rstd, head_param(h, L->gamma), B, L->co, P);
+            if (h->world > 1)
+                sync_bn_backward(h, L, next, cur);
+            else
+                be->batchnorm_bwd(be, next, head_grad(h, L->gamma), head_grad(h, L->beta), cur,
+                                  L->z, L->mean, L->rstd, head_param(h, L->gamma), B, L->co, P);
             cur = next;
         }
         next = other(h, cur);

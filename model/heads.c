@@ -98,8 +98,11 @@ ms_heads *ms_heads_create(const ms_head_shape *s, ms_param_table *pt) {
     h->p = cfg->model.patch;
     h->gh = s->H / h->p, h->gw = s->W / h->p, h->Np = s->N - 1;
     h->norm_w = h->norm_b = h->fc_w = h->fc_b = h->awl = -1;
+    h->world = 1;
+    h->sync_n = (size_t)4 * h->T; /* ms_heads_share_counts; the conv head grows it */
     for (int t = 0; t < h->T; t++) {
         task_head *th = &h->task[t];
+        th->loss_scale = 1.0f, th->batch_pos_weight = -1.0f;
         th->def = ms_task_find(cfg->data.dataset, cfg->data.tasks.name[t]);
         if (!th->def)
             ms_fatal("heads: data.tasks[%d] '%s' is not a task of data.dataset %s", t,
@@ -126,6 +129,7 @@ ms_heads *ms_heads_create(const ms_head_shape *s, ms_param_table *pt) {
 
 void ms_heads_destroy(ms_heads *h) {
     if (!h) return;
+    free(h->host_sync);
     free(h->tensor);
     free(h);
 }
@@ -162,6 +166,8 @@ void ms_heads_alloc(ms_heads *h, ms_arena *a) {
     h->loss = head_take_f32(a, (size_t)h->T);
     h->dloss = head_take_f32(a, (size_t)h->T);
     h->ds_ws = head_take_f32(a, (size_t)h->T);
+    h->dloss_scaled = head_take_f32(a, (size_t)h->T);
+    h->sync = head_take_f32(a, h->sync_n);
     /* The fixed weights never change: they are written once, when the arena is real. */
     if (a->base && h->awl < 0) {
         float w[MS_MAX_TASKS]; /* [T] */
@@ -196,6 +202,79 @@ void ms_heads_bind(ms_heads *h, float *params, float *grads) {
     h->grads = grads;
 }
 
+/* ---- targets and data parallelism ---------------------------------------------------------- */
+
+#define HEAD_BCE_IGNORE 255 /* loss_bce_balanced's ignored label (kernels/backend.h) */
+
+/* The elements of the targets g (of B images) that task th's loss averages over, as the loss
+ * ops count them (kernels/backend.h): the valid pixels of a masked dense task (the mask covers
+ * every channel, so pixels stand for pixels x C), labels other than ignore_index inside [0, C)
+ * for CE, labels other than 255 for BCE (*negatives: those that are 0); else every element. */
+static int64_t count_targets(const task_head *th, const ms_target *g, int B, size_t P,
+                             int64_t *negatives) {
+    size_t n = (size_t)B * P;
+    int64_t count = 0;
+    *negatives = 0;
+    switch (th->def->loss) {
+    case MS_LOSS_CE:
+        for (size_t i = 0; i < n; i++) {
+            int32_t lab = g->labels[i];
+            count += lab != th->def->ignore_index && lab >= 0 && lab < th->C;
+        }
+        return count;
+    case MS_LOSS_BCE_BALANCED:
+        for (size_t i = 0; i < n; i++) {
+            count += g->binary[i] != HEAD_BCE_IGNORE;
+            *negatives += g->binary[i] == 0;
+        }
+        return count;
+    default:
+        if (th->def->target == MS_TARGET_VECTOR) return B;
+        if (!th->use_valid) return (int64_t)n;
+        for (size_t i = 0; i < n; i++) count += g->valid[i] != 0;
+        return count;
+    }
+}
+
+void ms_heads_set_stats_sum(ms_heads *h, ms_sum_fn fn, void *ctx, int world) {
+    MS_ASSERT(world >= 1 && (fn || world == 1));
+    h->stats_sum = fn, h->stats_ctx = ctx, h->world = world;
+    if (world > 1 && !h->host_sync) h->host_sync = ms_malloc(4 * h->sync_n * sizeof(float));
+}
+
+void head_all_sum(ms_heads *h, float *x, size_t n) {
+    MS_ASSERT(h->stats_sum && n <= h->sync_n);
+    h->be->upload(h->be, h->sync, x, n * sizeof(float));
+    h->stats_sum(h->stats_ctx, h->sync, n);
+    h->be->download(h->be, x, h->sync, n * sizeof(float));
+}
+
+/* Counts travel as floats (the hook sums floats), split at 2^12 into two parts that each stay
+ * an exact float sum below 2^24: exact for global counts below 2^36. */
+#define COUNT_SPLIT 4096
+
+void ms_heads_share_counts(ms_heads *h) {
+    if (h->world <= 1) return;
+    float *x = h->host_sync; /* [T, 4]: count high, low, negatives high, low */
+    for (int t = 0; t < h->T; t++) {
+        const task_head *th = &h->task[t];
+        x[4 * t + 0] = (float)(th->count / COUNT_SPLIT);
+        x[4 * t + 1] = (float)(th->count % COUNT_SPLIT);
+        x[4 * t + 2] = (float)(th->negatives / COUNT_SPLIT);
+        x[4 * t + 3] = (float)(th->negatives % COUNT_SPLIT);
+    }
+    head_all_sum(h, x, (size_t)4 * h->T);
+    for (int t = 0; t < h->T; t++) {
+        task_head *th = &h->task[t];
+        double all = (double)x[4 * t] * COUNT_SPLIT + x[4 * t + 1];
+        double neg = (double)x[4 * t + 2] * COUNT_SPLIT + x[4 * t + 3];
+        /* No valid element on any rank: every loss and gradient is 0 anyway. */
+        th->loss_scale = all > 0 ? (float)((double)th->count * h->world / all) : 1.0f;
+        if (th->def->loss == MS_LOSS_BCE_BALANCED && th->pos_weight < 0)
+            th->batch_pos_weight = all > 0 ? (float)(neg / all) : 0.0f;
+    }
+}
+
 void ms_heads_set_targets(ms_heads *h, const ms_batch *b) {
     if (b->B != h->B || b->H != h->H || b->W != h->W || b->T != h->T)
         ms_fatal("heads: the batch holds %d images of %dx%d with %d tasks, but the heads were "
@@ -203,6 +282,12 @@ void ms_heads_set_targets(ms_heads *h, const ms_batch *b) {
                  b->B, b->H, b->W, b->T, h->B, h->H, h->W, h->T);
     ms_backend *be = h->be;
     size_t BP = (size_t)h->B * h->H * h->W;
+    for (int t = 0; t < h->T; t++) {
+        task_head *th = &h->task[t];
+        th->loss_scale = 1.0f, th->batch_pos_weight = -1.0f;
+        if (h->world > 1)
+            th->count = count_targets(th, &b->target[t], h->B, (size_t)h->H * h->W, &th->negatives);
+    }
     for (int t = 0; t < h->T; t++) {
         const task_head *th = &h->task[t];
         const ms_target *g = &b->target[t];

@@ -15,6 +15,7 @@
 #include "batch.h"
 #include "config.h"
 #include "params.h"
+#include "vit.h" /* ms_sum_fn */
 
 typedef struct ms_heads ms_heads;
 
@@ -36,8 +37,26 @@ void ms_heads_alloc(ms_heads *h, ms_arena *a);
 void ms_heads_init(ms_heads *h, float *host_params, uint64_t seed);
 /* The device parameter and gradient buffers (pt->total floats each). */
 void ms_heads_bind(ms_heads *h, float *params, float *grads);
-/* Uploads the batch's targets to the device. */
+/* Uploads the batch's targets to the device. The losses are then each a mean over this rank's
+ * batch (until ms_heads_share_counts). */
 void ms_heads_set_targets(ms_heads *h, const ms_batch *b);
+
+/* Data parallelism (docs/parallel.md): fn sums n device floats over `world` ranks in place (the
+ * model's stats_sum hook, a collective). With world > 1 the TRAINING forwards and backwards of
+ * the ranks together compute what one process computes on the global batch, given that the
+ * gradients are then averaged over the ranks:
+ *   - ms_heads_share_counts makes every task loss exact (below);
+ *   - the conv head's BatchNorm normalises with the global batch's statistics and its backward
+ *     uses the global sums of dy and dy * xhat (SyncBatchNorm, head_conv.c).
+ * Every rank must then run the same sequence of training forwards and backwards. */
+void ms_heads_set_stats_sum(ms_heads *h, ms_sum_fn fn, void *ctx, int world);
+/* After ms_heads_set_targets, before the task forwards of a training step (a collective when
+ * world > 1, else nothing): sums over the ranks, per task, the number of target elements its
+ * loss averages over (valid pixels, counted labels; the negatives of an automatically balanced
+ * BCE), counted on the host from the batch. Each rank's loss and its gradient are then scaled by
+ * its count / the global count x world, so that the MEAN of the ranks' losses is the mean over
+ * the global batch; the automatic BCE weight becomes the global batch's share of negatives. */
+void ms_heads_share_counts(ms_heads *h);
 /* Task t: prediction and loss (device scalar) from x[B, N, D]. training selects BatchNorm batch
  * statistics (and updates the running ones); eval uses the running statistics. */
 void ms_heads_forward(ms_heads *h, int t, const ms_act *x, int training);
@@ -58,8 +77,8 @@ double ms_heads_flops(const ms_heads *h, int t);
  * BatchNorm running statistics (task_heads.{t}.bn_{i}.running_mean / running_var). They live in
  * the parameter buffer so that checkpoints carry them, are registered with decay 0 and never get
  * a gradient; a training forward updates them in place. The optimizer must skip them (AdamW
- * with a zero gradient and no decay would leave them unchanged anyway), and with data
- * parallelism they must be broadcast from rank 0 (each rank's batch updates its own copy).
+ * with a zero gradient and no decay would leave them unchanged anyway). With data parallelism
+ * every rank updates them alike from the global batch's statistics (SyncBatchNorm).
  * Returns how many; *idx points into h. */
 int ms_heads_buffers(const ms_heads *h, const int **idx);
 

@@ -50,6 +50,8 @@ typedef struct {
     ms_act *r;          /* [B, co, hh, ww] relu(bn(z)) (bn layers only) */
     ms_act *out;        /* [B, co, 2hh, 2ww] with up; else r (bn) or z (classifier) */
     float *mean, *rstd; /* [co] batch statistics of the last training forward */
+    float *var;         /* [co] their biased variance (SyncBatchNorm: the backward's correction
+                         * normalises with it, as the forward did) */
 } conv_layer;
 
 /* Everything about task t's head: definition, tensors, activations and device targets. */
@@ -60,6 +62,12 @@ typedef struct {
     float pos_weight; /* balanced BCE: fixed weight of the positives, < 0 automatic */
     int use_valid;    /* dense targets: the loss reads the batch's valid mask */
     int trained;      /* the last forward ran in training mode (backward needs it) */
+    /* Data parallelism (heads.c, ms_heads_share_counts); every ms_heads_set_targets resets them
+     * to a plain mean over this rank's batch (scale 1, the op's own BCE weight). */
+    int64_t count;          /* target elements of this rank's batch the loss averages over */
+    int64_t negatives;      /* balanced BCE: negatives among them */
+    float loss_scale;       /* count / the ranks' total count x world */
+    float batch_pos_weight; /* automatic BCE weight of the global batch; < 0: the op's own */
 
     int ln_w, ln_b;   /* class: task_heads.{t}.0; conv: task_heads.{t}.norm */
     int lin_w, lin_b; /* dense and class: task_heads.{t}.1 */
@@ -104,6 +112,15 @@ struct ms_heads {
     float *loss;         /* [T] unweighted task losses */
     float *dloss;        /* [T] dTotal/dLoss_t; under fixed weighting it holds the weights */
     float *ds_ws;        /* [T] dTotal/ds when no gradient buffer is bound */
+    float *dloss_scaled; /* [T] dloss[t] x loss_scale of task t, for the loss backward */
+
+    /* Data parallelism (ms_heads_set_stats_sum): NULL / 1 in one process. */
+    ms_sum_fn stats_sum;
+    void *stats_ctx;
+    int world;
+    size_t sync_n;      /* floats of the largest exchange: 4 T counts, 2 co BatchNorm sums */
+    float *sync;        /* device [sync_n] what the hook sums */
+    float *host_sync;   /* host [4 sync_n] staging, local values kept across the exchange */
 };
 
 /* The device parameter / gradient of head tensor k. */
@@ -122,6 +139,10 @@ int32_t *head_take_i32(ms_arena *a, size_t n);
 static inline void head_grow(size_t *m, size_t n) {
     if (n > *m) *m = n;
 }
+
+/* Data parallelism: host x[n] (n <= sync_n) summed over the ranks in place, through the device
+ * buffer h->sync and the stats_sum hook (a collective). */
+void head_all_sum(ms_heads *h, float *x, size_t n);
 
 /* Per head kind: register tensors (and the shared buffer sizes they need), take activations,
  * forward, backward (dpred in h->g0 -> dx written), FLOPs per image. */

@@ -6,7 +6,11 @@
  * losses. Backward: each head writes dL/dtokens of its task into the backbone's gradient input,
  * then the backbone runs every pass backward. The total loss differentiated is
  *     weighted task losses + w_mi * sum_layers L_MI + w_balance * sum_{layers, passes} cv^2,
- * the routing terms entering through the router probabilities inside the backbone. */
+ * the routing terms entering through the router probabilities inside the backbone.
+ *
+ * Data parallelism (ms_model_opts.stats_sum): the backbone sums the MI statistics over the
+ * ranks, the heads the counts behind every masked loss and the conv head's BatchNorm
+ * statistics, so that gradients averaged over the ranks are those of the global batch. */
 #include "model.h"
 
 #include <stdio.h>
@@ -60,6 +64,7 @@ ms_model *ms_model_create(const ms_config *cfg, ms_backend *be, const ms_model_o
     ms_head_shape shape = {cfg, be, m->B, cfg->data.image_size, cfg->data.image_size,
                            ms_vit_tokens_per_image(m->vit), cfg->model.dim, m->T};
     m->heads = ms_heads_create(&shape, &m->pt);
+    if (o->stats_sum) ms_heads_set_stats_sum(m->heads, o->stats_sum, o->stats_ctx, o->world);
     /* BatchNorm running statistics ride in the buffer but are not trained. */
     const int *buffers;
     int n_buffers = ms_heads_buffers(m->heads, &buffers);
@@ -133,6 +138,7 @@ void ms_model_forward(ms_model *m, const ms_batch *b, int training, int64_t step
     if (training) refuse_extracted(m, "trained");
     ms_vit_set_images(m->vit, b->images);
     ms_heads_set_targets(m->heads, b);
+    if (training) ms_heads_share_counts(m->heads);
     ms_vit_forward(m->vit, training, step);
     for (int t = 0; t < m->T; t++)
         ms_heads_forward(m->heads, t, ms_vit_tokens(m->vit, t), training);
@@ -183,6 +189,26 @@ ms_moe_info ms_model_moe_info(const ms_model *m, int layer) {
 }
 void ms_model_expert_counts(const ms_model *m, int layer, int t, int64_t *counts) {
     ms_vit_expert_counts(m->vit, layer, t, counts);
+}
+
+void ms_model_expert_counts_of(const ms_model *m, int layer, int t, int n, int64_t *counts) {
+    MS_ASSERT(n >= 1 && n <= m->B);
+    if (n == m->B) {
+        ms_vit_expert_counts(m->vit, layer, t, counts);
+        return;
+    }
+    /* The routing's rows are tokens, image by image: the first n N rows are the n images'.
+     * Only a short last batch of an evaluation comes here, so the host copy is made here. */
+    ms_moe_info mi = ms_vit_moe_info(m->vit, layer);
+    size_t rows = (size_t)n * ms_vit_tokens_per_image(m->vit) * mi.K;
+    int32_t *idx = ms_malloc(rows * sizeof(int32_t)); /* [n N, K] full-model expert indices */
+    m->be->download(m->be, idx, ms_vit_route_idx(m->vit, layer, t), rows * sizeof(int32_t));
+    memset(counts, 0, (size_t)mi.E * sizeof(int64_t));
+    for (size_t i = 0; i < rows; i++) {
+        MS_ASSERT(idx[i] >= 0 && idx[i] < mi.E);
+        counts[idx[i]]++;
+    }
+    free(idx);
 }
 
 double ms_model_flops(const ms_model *m, int t) {

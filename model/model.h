@@ -32,9 +32,12 @@ typedef struct {
     int rank;      /* this rank's index: keys the per-sample randomness (drop path, noise) */
     int plan_only; /* build the parameter table, counts, FLOPs and the memory plan, but allocate
                     * nothing on the device (forward / backward are then not available) */
-    /* Data parallelism: an all-reduce (sum) over `world` ranks that the forward applies to the
-     * MI statistics before the MI loss (model/vit.h ms_vit_set_stats_sum); NULL with world 0
-     * or 1 for a single process. */
+    /* Data parallelism: an all-reduce (sum) over `world` ranks of device floats. Every forward
+     * applies it to the MI statistics before the MI loss (model/vit.h ms_vit_set_stats_sum);
+     * a training forward also to the counts behind the masked task losses and to the conv
+     * head's BatchNorm statistics, and its backward to BatchNorm's gradient sums (model/heads.h
+     * ms_heads_set_stats_sum). With the gradients then averaged over the ranks, a step equals
+     * one process's on the global batch. NULL with world 0 or 1 for a single process. */
     ms_sum_fn stats_sum;
     void *stats_ctx;
     int world;
@@ -109,6 +112,9 @@ const ms_act *ms_model_tokens(const ms_model *m, int t);
 int ms_model_moe_layers(const ms_model *m);
 ms_moe_info ms_model_moe_info(const ms_model *m, int layer);
 void ms_model_expert_counts(const ms_model *m, int layer, int t, int64_t *counts);
+/* The same over the first n images of the batch only (1 <= n <= B): a short last batch of an
+ * evaluation is padded with copies of an image, which must not count twice. */
+void ms_model_expert_counts_of(const ms_model *m, int layer, int t, int n, int64_t *counts);
 
 /* Forward FLOPs per image of task t (GEMM multiply-adds x 2, attention included; backbone pass
  * plus head), parameter counts and the memory plan. The FLOPs count K experts per token in

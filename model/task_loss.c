@@ -10,7 +10,9 @@
  * - Balanced BCE: PASCAL edge uses model.edge_pos_weight (M3ViT's 0.95); saliency the batch's
  *   share of negatives (MTL-PyTorch BalancedCrossEntropyLoss with pos_weight None).
  * - PASCAL normals: L1 of pred / (|pred| + 1e-12) (norm over C) against the label, mean over
- *   valid pixels x 3 (MTL-PyTorch NormalsLoss(normalize=True, size_average=True, norm=1)). */
+ *   valid pixels x 3 (MTL-PyTorch NormalsLoss(normalize=True, size_average=True, norm=1)).
+ * With several ranks (heads.c, ms_heads_share_counts) a training loss and its gradient are
+ * scaled by loss_scale, and the automatic BCE weight is the global batch's. */
 #include <string.h>
 
 #include "../kernels/util.h"
@@ -48,6 +50,12 @@ static const float *regression_target(const task_head *th) {
     return th->def->target == MS_TARGET_VECTOR ? th->vector : th->dense;
 }
 
+/* The fixed weight of the positives (edges), else the global batch's share of negatives under
+ * data parallelism, else < 0: the op takes this batch's. */
+static float bce_pos_weight(const task_head *th) {
+    return th->pos_weight >= 0 ? th->pos_weight : th->batch_pos_weight;
+}
+
 void task_loss_forward(ms_heads *h, int t) {
     ms_backend *be = h->be;
     task_head *th = &h->task[t];
@@ -67,19 +75,26 @@ void task_loss_forward(ms_heads *h, int t) {
         be->loss_ce(be, loss, th->pred, th->labels, th->def->ignore_index, B, C, P);
         break;
     case MS_LOSS_BCE_BALANCED:
-        be->loss_bce_balanced(be, loss, th->pred, th->binary, th->pos_weight, B, P);
+        be->loss_bce_balanced(be, loss, th->pred, th->binary, bce_pos_weight(th), B, P);
         break;
     case MS_LOSS_NORMALS_L1:
         be->l2_normalize(be, h->tmp0, th->pred, B, C, P, HEAD_NORMALS_EPS); /* [B, C, P] */
         be->loss_l1(be, loss, h->tmp0, th->dense, th->valid, B, C, P);
         break;
     }
+    if (th->loss_scale != 1.0f) be->scale_f32(be, loss, th->loss_scale, 1);
 }
 
 void task_loss_backward(ms_heads *h, int t) {
     ms_backend *be = h->be;
     task_head *th = &h->task[t];
     const float *dloss = h->dloss + t;
+    if (th->loss_scale != 1.0f) {
+        /* A scaled loss has a scaled gradient; dloss itself may be the fixed task weight. */
+        be->copy(be, h->dloss_scaled + t, dloss, sizeof(float));
+        be->scale_f32(be, h->dloss_scaled + t, th->loss_scale, 1);
+        dloss = h->dloss_scaled + t;
+    }
     int B = h->B, C = th->C, P = (int)task_pixels(h, th);
     switch (th->def->loss) {
     case MS_LOSS_L1:
@@ -96,7 +111,8 @@ void task_loss_backward(ms_heads *h, int t) {
         be->loss_ce_bwd(be, h->g0, dloss, th->pred, th->labels, th->def->ignore_index, B, C, P);
         break;
     case MS_LOSS_BCE_BALANCED:
-        be->loss_bce_balanced_bwd(be, h->g0, dloss, th->pred, th->binary, th->pos_weight, B, P);
+        be->loss_bce_balanced_bwd(be, h->g0, dloss, th->pred, th->binary, bce_pos_weight(th), B,
+                                  P);
         break;
     case MS_LOSS_NORMALS_L1:
         /* The normalised prediction is recomputed rather than kept per task. */

@@ -2,7 +2,8 @@
  * a known prediction, read back by the dataset's own loader, equals the prediction within the
  * file's quantisation; `modsquad eval --save-predictions` writes one file of the evaluated size
  * per task and sample, whose labels, class vectors and depths give the eval's metrics again;
- * a directory that cannot be written is an error naming it. */
+ * the writers of several ranks share one directory; a directory that cannot be written is an
+ * error naming it. */
 #define _GNU_SOURCE /* nftw */
 #include <ftw.h>
 #include <math.h>
@@ -80,7 +81,7 @@ static void write_rgb(const char *path, int S, int jpeg) {
 /* Hands preds[t] ([B, C, S, S] or [B, C]) of every task to a writer into dir, as eval does. */
 static void save(const char *dir, const ms_config *cfg, const ms_data *d, float *const *preds,
                  int B, int S) {
-    ms_pred_writer *w = ms_pred_writer_open(dir, cfg, d);
+    ms_pred_writer *w = ms_pred_writer_open(dir, cfg, d, 1);
     cr_assert_not_null(w);
     ms_batch b;
     ms_batch_alloc(&b, cfg, B, S, S);
@@ -368,6 +369,67 @@ Test(predictions, pascal_files_read_back_as_the_predictions, .timeout = 60) {
     "--set model.attn_experts=4 --set model.attn_topk=2 --set model.mlp_experts=4 "               \
     "--set model.mlp_topk=2 --set eval.batch_size=4 --set eval.max_images=0 "                    \
     "--set run.progress=off --set data.image_size=32 "
+
+/* The writers of several ranks (modsquad eval under mpirun) share one directory: each writes
+ * its own samples, README.txt comes from one of them, and together they write exactly the files
+ * one writer of every sample writes. */
+Test(predictions, writers_of_several_ranks_share_a_directory, .timeout = 60) {
+    enum { S = 16, N = 4 };
+    const size_t P = S * S;
+    char root[256], p[512], cmd[1024];
+    snprintf(root, sizeof root, "%s/tx", g_dir);
+    snprintf(p, sizeof p, "%s/rgb/allensville", root);
+    cr_assert_eq(ms_cli_make_dirs(p), 0);
+    for (int v = 0; v < N; v++) {
+        snprintf(p, sizeof p, "%s/rgb/allensville/point_0_view_%d_domain_rgb.png", root, v);
+        write_rgb(p, S, 0);
+    }
+    snprintf(p, sizeof p, "%s/splits.csv", root);
+    write_text(p, "id,train,val,test\nallensville,0,1,0\n");
+    ms_config *cfg = load_cfg("taskonomy", root, "[depth_euclidean, segment_semantic, class_object]", S, S);
+    const int T = cfg->data.tasks.n;
+    tu_rng r = tu_seed(5);
+    float *pred[MS_MAX_TASKS]; /* [N, C, P] or [N, C] */
+    size_t per[MS_MAX_TASKS];  /* floats per image */
+    for (int t = 0; t < T; t++) {
+        const ms_task_def *def = ms_task_find(MS_DATASET_TASKONOMY, cfg->data.tasks.name[t]);
+        per[t] = def->classification ? (size_t)def->channels : (size_t)def->channels * P;
+        pred[t] = tu_floats(N * per[t]);
+        tu_fill(&r, pred[t], N * per[t], -1.0, 1.0);
+    }
+    ms_data *d = open_split(cfg, 1);
+    cr_assert_eq(d->n, N);
+    char one[256], shared[256];
+    snprintf(one, sizeof one, "%s/one", g_dir);
+    snprintf(shared, sizeof shared, "%s/shared", g_dir);
+    save(one, cfg, d, pred, N, S);
+    /* Two "ranks" of two samples each, their calls interleaved; the second writes no README. */
+    ms_pred_writer *w[2] = {ms_pred_writer_open(shared, cfg, d, 1), ms_pred_writer_open(shared, cfg, d, 0)};
+    cr_assert(w[0] && w[1]);
+    ms_batch b;
+    ms_batch_alloc(&b, cfg, 2, S, S);
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < 2; k++) {
+            b.sample[0] = 2 * k, b.sample[1] = 2 * k + 1;
+            ms_pred_sink sink = ms_pred_writer_sink(w[k]);
+            cr_assert_eq(sink.fn(sink.ctx, t, pred[t] + 2 * k * per[t], &b, 2), 0);
+        }
+    cr_assert_eq(ms_pred_writer_files(w[0]) + ms_pred_writer_files(w[1]), (int64_t)N * T);
+    ms_pred_writer_close(w[0]);
+    ms_pred_writer_close(w[1]);
+    snprintf(cmd, sizeof cmd, "diff -r %s %s >%s/diff.out 2>&1", one, shared, g_dir);
+    cr_assert_eq(system(cmd), 0, "the two writers wrote other files than one: see %s/diff.out", g_dir);
+    /* A writer without the README leaves none. */
+    char bare[256];
+    snprintf(bare, sizeof bare, "%s/bare", g_dir);
+    ms_pred_writer *wb = ms_pred_writer_open(bare, cfg, d, 0);
+    cr_assert_not_null(wb);
+    ms_pred_writer_close(wb);
+    snprintf(p, sizeof p, "%s/README.txt", bare);
+    cr_assert_neq(access(p, F_OK), 0, "%s was written", p);
+    ms_batch_free(&b);
+    ms_data_close(d);
+}
 
 static int g_counted;
 static int count_file(const char *path, const struct stat *st, int flag, struct FTW *f) {
