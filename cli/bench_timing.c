@@ -31,13 +31,16 @@ static void toc(ms_backend *be, ms_backend *r, ms_time_cat cat, double t0) {
         toc(be, r, CAT, t0);                                                                    \
     }
 
-/* Allocation is not step work (nothing allocates in the step loop); it only needs the real be. */
+/* Allocation is not step work: it is counted, not timed, so bench can show that the step loop
+ * allocates nothing (DESIGN.md principle 4). */
 static void *sh_alloc(ms_backend *be, size_t bytes) {
     ms_backend *r = real_of(be);
+    ((ms_timed_backend *)be)->allocs++;
     return r->alloc(r, bytes);
 }
 static void sh_free(ms_backend *be, void *p) {
     ms_backend *r = real_of(be);
+    ((ms_timed_backend *)be)->frees++;
     r->free(r, p);
 }
 static void sh_synchronize(ms_backend *be) {
@@ -126,6 +129,8 @@ SHIM(MS_CAT_MOE, dispatch_plan,
      (int32_t *off, int32_t *perm, int32_t *inv, int32_t *offh, const int32_t *idx, int M, int K,
       int E),
      off, perm, inv, offh, idx, M, K, E)
+SHIM(MS_CAT_MOE, remap_experts, (int32_t *out, const int32_t *idx, const int32_t *map, int n),
+     out, idx, map, n)
 SHIM(MS_CAT_MOE, gather_rows,
      (ms_act *out, const ms_act *in, const int32_t *idx, int div, int R, int D), out, in, idx, div, R, D)
 SHIM(MS_CAT_MOE, combine,
@@ -249,9 +254,9 @@ void ms_timed_backend_init(ms_timed_backend *tb, ms_backend *real) {
     WRAP(linear); WRAP(linear_bwd); WRAP(layernorm); WRAP(layernorm_bwd); WRAP(gelu);
     WRAP(gelu_bwd); WRAP(softmax); WRAP(softmax_bwd);
     WRAP(attention); WRAP(attention_bwd); WRAP(mq_attention); WRAP(mq_attention_bwd);
-    WRAP(route); WRAP(route_bwd); WRAP(dispatch_plan); WRAP(gather_rows); WRAP(combine);
-    WRAP(combine_bwd); WRAP(expert_linear); WRAP(expert_linear_bwd); WRAP(mi_accumulate);
-    WRAP(mi_loss); WRAP(noisy_logits); WRAP(noisy_logits_bwd); WRAP(balance_loss);
+    WRAP(route); WRAP(route_bwd); WRAP(dispatch_plan); WRAP(remap_experts); WRAP(gather_rows);
+    WRAP(combine); WRAP(combine_bwd); WRAP(expert_linear); WRAP(expert_linear_bwd);
+    WRAP(mi_accumulate); WRAP(mi_loss); WRAP(noisy_logits); WRAP(noisy_logits_bwd); WRAP(balance_loss);
     WRAP(balance_loss_bwd); WRAP(router_task_bias); WRAP(router_task_bias_bwd);
     WRAP(loss_l1); WRAP(loss_l1_bwd); WRAP(loss_mse); WRAP(loss_mse_bwd); WRAP(loss_cosine);
     WRAP(loss_cosine_bwd); WRAP(loss_ce); WRAP(loss_ce_bwd); WRAP(loss_bce_balanced);
@@ -264,4 +269,5 @@ void ms_timed_backend_init(ms_timed_backend *tb, ms_backend *real) {
 
 void ms_timed_backend_reset(ms_timed_backend *tb) {
     for (int c = 0; c < MS_CAT_N; c++) tb->sec[c] = 0;
+    tb->allocs = tb->frees = 0;
 }

@@ -27,6 +27,7 @@ typedef struct {
     ms_backend be;       /* the copy the model runs on: MUST stay the first member */
     ms_backend *real;    /* the backend that does the work */
     double sec[MS_CAT_N]; /* wall seconds per category since the last reset */
+    long allocs, frees;  /* be->alloc / be->free calls since the last reset (a step makes none) */
 } ms_timed_backend;
 
 /* Fills tb with a timed copy of real (which must outlive it). */

@@ -16,9 +16,9 @@
  * element is written by one thread in a fixed order, so results are bit-identical run to run.
  */
 #include "cpu.h"
+#include "fast_math.h"
 
 #include <cblas.h>
-#include <math.h>
 
 /* One attention matrix: Nq query rows over Nk keys.
  * q[Nq, hd] (row stride ldq), k, v[Nk, hd] (ldk, ldv), o[Nq, hd] (ldo), p[Nq, Nk] contiguous. */
@@ -28,28 +28,13 @@ typedef struct {
     int ldq, ldk, ldv, ldo;
 } att_mat;
 
-/* Row softmax of s[M, N] in place, max-shifted so large scores cannot overflow expf. */
-static void softmax_rows(float *s, int M, int N) {
-    for (int i = 0; i < M; i++) {
-        float *row = s + (size_t)i * N;
-        float mx = row[0];
-        for (int j = 1; j < N; j++) mx = row[j] > mx ? row[j] : mx;
-        double sum = 0.0;
-        for (int j = 0; j < N; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
-        }
-        /* sum >= 1: the maximum contributes exp(0). */
-        float inv = (float)(1.0 / sum);
-        for (int j = 0; j < N; j++) row[j] *= inv;
-    }
-}
-
 static void att_fwd_one(const att_mat *a, int Nq, int Nk, int hd, float scale) {
     /* p = softmax(scale * q k^T) */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nq, Nk, hd, scale, a->q, a->ldq, a->k,
                 a->ldk, 0.0f, a->p, Nk);
-    softmax_rows(a->p, Nq, Nk);
+    /* In place while the fresh score rows are still in cache; the vectorised exp matters: a
+     * scalar expf per score cost more than both GEMMs of the matrix at ViT-small shapes. */
+    for (int i = 0; i < Nq; i++) softmax_row(a->p + (size_t)i * Nk, a->p + (size_t)i * Nk, Nk);
     /* o = p v */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nq, hd, Nk, 1.0f, a->p, Nk, a->v,
                 a->ldv, 0.0f, a->o, a->ldo);
@@ -67,14 +52,10 @@ static void att_bwd_one(const att_grad *g, int Nq, int Nk, int hd, float scale) 
     /* dP = dO v^T */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nq, Nk, hd, 1.0f, g->dout, g->lddo, g->v,
                 g->ldv, 0.0f, g->ds, Nk);
-    /* Softmax backward per row: dS = P * (dP - sum_j dP_j P_j). */
+    /* Softmax backward per row, in place: dS = P * (dP - sum_j dP_j P_j). */
     for (int i = 0; i < Nq; i++) {
-        const float *p = g->p + (size_t)i * Nk;
         float *d = g->ds + (size_t)i * Nk;
-        double dot = 0.0;
-        for (int j = 0; j < Nk; j++) dot += (double)d[j] * p[j];
-        float c = (float)dot;
-        for (int j = 0; j < Nk; j++) d[j] = p[j] * (d[j] - c);
+        softmax_row_bwd(d, d, g->p + (size_t)i * Nk, Nk);
     }
     /* dq = scale * dS k;  dk = scale * dS^T q;  dv = P^T dO. One GEMM each, so the sums over
      * query rows (all N*K rows of an image in the multi-query case) have a fixed order. */

@@ -1,9 +1,10 @@
 /* The PASCAL-Context convolution head on the CPU (METHOD.md section 4): conv2d (stride 1, zero
  * padding k/2, k odd), BatchNorm2d, ReLU and bilinear x2 upsampling, forward and backward.
  *
- * Threading and determinism: the convolution GEMMs run image by image through cblas_sgemm,
- * which OpenBLAS threads itself; im2col / col2im and every per-channel or per-plane loop are
- * partitioned so that each output element is produced by exactly one thread in a fixed order.
+ * Threading and determinism: the convolution GEMMs run image by image (and row tile by row
+ * tile) through cblas_sgemm, which OpenBLAS threads itself; im2col / col2im and every
+ * per-channel or per-plane loop are partitioned so that each output element is produced by
+ * exactly one thread in a fixed order.
  * No atomics and no floating-point reduction clauses, so results do not depend on timing. */
 #include "cpu.h"
 
@@ -13,20 +14,35 @@
 
 /* ---- conv2d ----------------------------------------------------------------------------- */
 
-/* col[Ci*k*k, P] (row (ci, ky, kx), column (oy, ox)) = x[ci, oy + ky - k/2, ox + kx - k/2],
- * zero outside the image; x[Ci, H, W] is one image. Row order matches w[Co, Ci, k, k]. */
-static void im2col(float *col, const float *x, int Ci, int H, int W, int k) {
+/* A k > 1 convolution runs as GEMMs over tiles of whole output rows: the im2col of one tile,
+ * col[Ci*k*k, rows*W], instead of one image's [Ci*k*k, H*W]. At the last layers of the
+ * PASCAL-Context head (256 channels, 256x256 pixels) a whole image's im2col is 600 MB; a tile
+ * is 19 MB there, and the GEMMs stay wide (Co x Ci*k*k x >= CONV_TILE_COLS columns): 1024
+ * columns were ~5% slower at that layer, 2048 and 4096 as fast as whole images. The tile depends
+ * on W only, so a caller can size its scratch from conv_tile_rows. */
+#define CONV_TILE_COLS 2048
+
+/* Output rows per tile: enough whole rows for CONV_TILE_COLS pixels, at most the image. */
+static int conv_tile_rows(int H, int W) {
+    int rows = (CONV_TILE_COLS + W - 1) / W;
+    return rows < H ? rows : H;
+}
+
+/* col[Ci*k*k, (r1-r0)*W] (row (ci, ky, kx), column (oy - r0, ox)) =
+ * x[ci, oy + ky - k/2, ox + kx - k/2] for output rows oy in [r0, r1), zero outside the image;
+ * x[Ci, H, W] is one image. Row order matches w[Co, Ci, k, k]. */
+static void im2col_rows(float *col, const float *x, int Ci, int H, int W, int k, int r0, int r1) {
     const int pad = k / 2, rows = Ci * k * k;
-    const size_t P = (size_t)H * W;
-#pragma omp parallel for schedule(static) if ((size_t)rows * P >= CPU_PAR_MIN)
+    const size_t P = (size_t)H * W, T = (size_t)(r1 - r0) * W;
+#pragma omp parallel for schedule(static) if ((size_t)rows * T >= CPU_PAR_MIN)
     for (int r = 0; r < rows; r++) {
         const int ci = r / (k * k), ky = (r / k) % k, kx = r % k;
         /* Columns ox whose source ix = ox + kx - pad lies inside [0, W). */
         int lo = pad - kx > 0 ? pad - kx : 0;
         int hi = W + pad - kx < W ? W + pad - kx : W;
         if (hi < lo) hi = lo;
-        for (int oy = 0; oy < H; oy++) {
-            float *dst = col + (size_t)r * P + (size_t)oy * W;  /* [W] */
+        for (int oy = r0; oy < r1; oy++) {
+            float *dst = col + (size_t)r * T + (size_t)(oy - r0) * W;  /* [W] */
             const int iy = oy + ky - pad;
             if (iy < 0 || iy >= H) {
                 memset(dst, 0, (size_t)W * sizeof(float));
@@ -40,26 +56,28 @@ static void im2col(float *col, const float *x, int Ci, int H, int W, int k) {
     }
 }
 
-/* The adjoint of im2col, written as a gather: dx[ci, iy, ix] = sum over (ky, kx) of
- * dcol[(ci, ky, kx), (iy - ky + k/2, ix - kx + k/2)] for the taps that fall inside the image.
- * Each dx row is owned by one thread and summed in (ky, kx) order, hence deterministic. */
-static void col2im(float *dx, const float *dcol, int Ci, int H, int W, int k) {
+/* The adjoint of im2col_rows, accumulated: dx[ci, oy + ky - k/2, ox + kx - k/2] +=
+ * dcol[(ci, ky, kx), (oy - r0, ox)] for the taps inside the image. A plane of dx belongs to one
+ * thread, and every element receives its terms tile after tile, then by output row and
+ * (ky, kx) within a tile: a fixed order, whatever the thread count. */
+static void col2im_rows_add(float *dx, const float *dcol, int Ci, int H, int W, int k, int r0,
+                            int r1) {
     const int pad = k / 2;
-    const size_t P = (size_t)H * W;
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)Ci * k * k * P >= CPU_PAR_MIN)
+    const size_t P = (size_t)H * W, T = (size_t)(r1 - r0) * W;
+#pragma omp parallel for schedule(static) if ((size_t)Ci * k * k * T >= CPU_PAR_MIN)
     for (int ci = 0; ci < Ci; ci++) {
-        for (int iy = 0; iy < H; iy++) {
-            float *dst = dx + (size_t)ci * P + (size_t)iy * W;  /* [W] */
-            memset(dst, 0, (size_t)W * sizeof(float));
+        for (int oy = r0; oy < r1; oy++) {
             for (int ky = 0; ky < k; ky++) {
-                const int oy = iy - ky + pad;
-                if (oy < 0 || oy >= H) continue;
+                const int iy = oy + ky - pad;
+                if (iy < 0 || iy >= H) continue;
+                float *dst = dx + (size_t)ci * P + (size_t)iy * W;  /* [W] */
                 for (int kx = 0; kx < k; kx++) {
-                    const float *src = dcol + ((size_t)(ci * k + ky) * k + kx) * P +
-                                       (size_t)oy * W + (pad - kx);
+                    const float *src = dcol + ((size_t)(ci * k + ky) * k + kx) * T +
+                                       (size_t)(oy - r0) * W + (pad - kx);
                     /* Columns ix whose tap ox = ix - kx + pad lies inside [0, W). */
                     const int lo = kx - pad > 0 ? kx - pad : 0;
                     const int hi = W + kx - pad < W ? W + kx - pad : W;
+#pragma omp simd
                     for (int ix = lo; ix < hi; ix++) dst[ix] += src[ix];
                 }
             }
@@ -67,28 +85,36 @@ static void col2im(float *dx, const float *dcol, int Ci, int H, int W, int k) {
     }
 }
 
-/* y_b[Co, P] = w[Co, Ci*k*k] col_b[Ci*k*k, P] + b per image. k == 1 multiplies x directly and
- * never touches col_ws (which may then be NULL). */
+/* y_b[Co, P] = w[Co, Ci*k*k] col_b[Ci*k*k, P] + b per image, one GEMM per row tile. k == 1
+ * multiplies x directly and never touches col_ws (which may then be NULL). */
 static void cpu_conv2d(ms_backend *be, ms_act *y, const ms_act *x, const float *w,
                        const float *b, int B, int Ci, int H, int W, int Co, int k,
                        ms_act *col_ws) {
     (void)be;
-    const int CKK = Ci * k * k;
+    const int CKK = Ci * k * k, tile = k == 1 ? H : conv_tile_rows(H, W);
     const size_t P = (size_t)H * W;
+    float *col = F(col_ws); /* [Ci*k*k, tile*W] */
     for (int bi = 0; bi < B; bi++) {
         const float *xb = CF(x) + (size_t)bi * Ci * P;  /* [Ci, P] */
         float *yb = F(y) + (size_t)bi * Co * P;          /* [Co, P] */
-        const float *src = xb;                           /* [Ci*k*k, P] */
-        if (k != 1) {
-            im2col(F(col_ws), xb, Ci, H, W, k);
-            src = CF(col_ws);
+        for (int r0 = 0; r0 < H; r0 += tile) {
+            const int r1 = r0 + tile < H ? r0 + tile : H, T = (r1 - r0) * W;
+            /* The bias seeds the tile's outputs just before the GEMM adds into them (beta 1),
+             * while they are in cache. */
+            for (int co = 0; co < Co && b; co++) {
+                float *yr = yb + (size_t)co * P + (size_t)r0 * W; /* [T] */
+#pragma omp simd
+                for (int p = 0; p < T; p++) yr[p] = b[co];
+            }
+            const float *src = xb + (size_t)r0 * W; /* [Ci*k*k, T], row stride ld */
+            int ld = (int)P;
+            if (k != 1) {
+                im2col_rows(col, xb, Ci, H, W, k, r0, r1);
+                src = col, ld = T;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Co, T, CKK, 1.0f, w, CKK,
+                        src, ld, b ? 1.0f : 0.0f, yb + (size_t)r0 * W, (int)P);
         }
-        if (b) {
-            for (int co = 0; co < Co; co++)
-                for (size_t p = 0; p < P; p++) yb[(size_t)co * P + p] = b[co];
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Co, (int)P, CKK, 1.0f, w, CKK,
-                    src, (int)P, b ? 1.0f : 0.0f, yb, (int)P);
     }
 }
 
@@ -105,10 +131,10 @@ static void conv_bias_grad(float *db, const float *dy, int B, int Co, size_t P) 
     }
 }
 
-/* dw[Co, Ci*k*k] += dy_b col_b^T per image (images in order); db[Co] += spatial sums (NULL:
- * skipped, for a conv without bias); dx[B, Ci, H, W] written through dcol = w^T dy_b and
+/* dw[Co, Ci*k*k] += dy_b col_b^T per image and row tile (in order); db[Co] += spatial sums
+ * (NULL: skipped, for a conv without bias); dx[B, Ci, H, W] written through dcol = w^T dy_b and
  * col2im (NULL: skipped, for a conv whose input needs no gradient). col_ws holds the im2col of
- * x_b for dw first and is then reused for dcol, so one image-sized scratch suffices. */
+ * a tile of x_b for dw first and is then reused for its dcol, so one tile of scratch suffices. */
 static void cpu_conv2d_bwd(ms_backend *be, ms_act *dx, float *dw, float *db, const ms_act *dy,
                            const ms_act *x, const float *w, int B, int Ci, int H, int W, int Co,
                            int k, ms_act *col_ws) {
@@ -116,22 +142,37 @@ static void cpu_conv2d_bwd(ms_backend *be, ms_act *dx, float *dw, float *db, con
     const int CKK = Ci * k * k;
     const size_t P = (size_t)H * W;
     if (db) conv_bias_grad(db, CF(dy), B, Co, P);
+    if (k == 1) {
+        /* No im2col: one GEMM per image and weight. */
+        for (int bi = 0; bi < B; bi++) {
+            const float *xb = CF(x) + (size_t)bi * Ci * P;   /* [Ci, P] */
+            const float *dyb = CF(dy) + (size_t)bi * Co * P; /* [Co, P] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Co, Ci, (int)P, 1.0f, dyb,
+                        (int)P, xb, (int)P, 1.0f, dw, Ci);
+            if (dx)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ci, (int)P, Co, 1.0f, w, Ci,
+                            dyb, (int)P, 0.0f, F(dx) + (size_t)bi * Ci * P, (int)P);
+        }
+        return;
+    }
+    const int tile = conv_tile_rows(H, W);
+    float *col = F(col_ws); /* [Ci*k*k, tile*W]: im2col of the tile, then its dcol */
     for (int bi = 0; bi < B; bi++) {
         const float *xb = CF(x) + (size_t)bi * Ci * P;    /* [Ci, P] */
         const float *dyb = CF(dy) + (size_t)bi * Co * P;  /* [Co, P] */
-        const float *src = xb;                            /* [Ci*k*k, P] */
-        if (k != 1) {
-            im2col(F(col_ws), xb, Ci, H, W, k);
-            src = CF(col_ws);
+        float *dxb = dx ? F(dx) + (size_t)bi * Ci * P : NULL; /* [Ci, P] */
+        if (dxb) memset(dxb, 0, (size_t)Ci * P * sizeof(float));
+        for (int r0 = 0; r0 < H; r0 += tile) {
+            const int r1 = r0 + tile < H ? r0 + tile : H, T = (r1 - r0) * W;
+            const float *dyt = dyb + (size_t)r0 * W; /* [Co, T], row stride P */
+            im2col_rows(col, xb, Ci, H, W, k, r0, r1);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Co, CKK, T, 1.0f, dyt, (int)P,
+                        col, T, 1.0f, dw, CKK);
+            if (!dxb) continue;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, T, Co, 1.0f, w, CKK, dyt,
+                        (int)P, 0.0f, col, T);
+            col2im_rows_add(dxb, col, Ci, H, W, k, r0, r1);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Co, CKK, (int)P, 1.0f, dyb, (int)P,
-                    src, (int)P, 1.0f, dw, CKK);
-        if (!dx) continue;
-        float *dxb = F(dx) + (size_t)bi * Ci * P;  /* [Ci, P] */
-        float *dcol = k == 1 ? dxb : F(col_ws);    /* [Ci*k*k, P] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, (int)P, Co, 1.0f, w, CKK, dyb,
-                    (int)P, 0.0f, dcol, (int)P);
-        if (k != 1) col2im(dxb, dcol, Ci, H, W, k);
     }
 }
 

@@ -2,7 +2,8 @@
  * of the PASCAL normals loss (METHOD.md section 4) on the CPU.
  *
  * Every loss is a mean over its valid elements; with none valid the loss and the gradient are
- * exactly 0. Per-element math and all sums are in double.
+ * exactly 0. Per-element math and all sums are in double, except the exponentials of the
+ * cross-entropy (float, vectorised: see ce_lse); its sums over pixels are in double too.
  *
  * Determinism: a reduction splits its work units into NCHUNK chunks whose bounds depend on the
  * shape only, never on the thread count. One thread sums a chunk in order, and the chunk
@@ -10,6 +11,7 @@
  * fixed one). Backward passes write each output element from exactly one thread.
  */
 #include "cpu.h"
+#include "fast_math.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -219,17 +221,25 @@ static inline int ce_label_ok(int32_t lab, int ignore_index, int C) {
 }
 
 /* Per-pixel max mx and sum se of exp(x - mx) over C for pixels [p0, p0 + np);
- * log-sum-exp = mx + log(se). */
-static void ce_lse(const float *logits, int64_t b, int64_t p0, int np, int C, int P, double *mx,
-                   double *se) {
-    for (int j = 0; j < np; j++) mx[j] = -INFINITY, se[j] = 0;
-    for (int c = 0; c < C; c++) {
-        const float *x = logits + (b * C + c) * P + p0;
-        for (int j = 0; j < np; j++) mx[j] = fmax(mx[j], (double)x[j]);
+ * log-sum-exp = mx + log(se). In float with the vectorised exp_f: these loops are the whole
+ * cost of the loss, and a scalar double exp per logit made the segmentation loss of a 224x224
+ * batch take longer than an attention layer. Every term is in (0, 1] and the largest is exactly
+ * 1, so se is accurate to a few float roundings for any C of a segmentation task; the sums over
+ * pixels stay in double. The selects (not fmaxf) keep the loops vectorisable; a NaN logit makes
+ * the loss NaN, so divergence stays visible. */
+static void ce_lse(const float *logits, int64_t b, int64_t p0, int np, int C, int P, float *mx,
+                   float *se) {
+    const float *x0 = logits + b * C * P + p0; /* channel c of the block at x0 + c * P */
+    for (int j = 0; j < np; j++) mx[j] = x0[j], se[j] = 0.0f;
+    for (int c = 1; c < C; c++) {
+        const float *x = x0 + (int64_t)c * P;
+#pragma omp simd
+        for (int j = 0; j < np; j++) mx[j] = x[j] > mx[j] ? x[j] : mx[j];
     }
     for (int c = 0; c < C; c++) {
-        const float *x = logits + (b * C + c) * P + p0;
-        for (int j = 0; j < np; j++) se[j] += exp((double)x[j] - mx[j]);
+        const float *x = x0 + (int64_t)c * P;
+#pragma omp simd
+        for (int j = 0; j < np; j++) se[j] += exp_f(x[j] - mx[j]);
     }
 }
 
@@ -243,7 +253,8 @@ static void cpu_loss_ce(ms_backend *be, float *loss, const ms_act *logits_, cons
     int64_t cnt[NCHUNK]; /* per-chunk counted labels */
 #pragma omp parallel for schedule(static) if ((int64_t)B * C * P >= CPU_PAR_MIN)
     for (int k = 0; k < NCHUNK; k++) {
-        double sum = 0, mx[PIX_BLOCK], se[PIX_BLOCK];
+        double sum = 0;
+        float mx[PIX_BLOCK], se[PIX_BLOCK];
         int64_t n = 0;
         for (int64_t u = chunk_lo(units, k); u < chunk_lo(units, k + 1); u++) {
             int64_t b = u / nblk, p0 = (u % nblk) * PIX_BLOCK;
@@ -252,7 +263,7 @@ static void cpu_loss_ce(ms_backend *be, float *loss, const ms_act *logits_, cons
             for (int j = 0; j < np; j++) {
                 int32_t lab = labels[b * P + p0 + j];
                 if (!ce_label_ok(lab, ignore_index, C)) continue;
-                sum += mx[j] + log(se[j]) - (double)logits[(b * C + lab) * P + p0 + j];
+                sum += (double)mx[j] + logf(se[j]) - (double)logits[(b * C + lab) * P + p0 + j];
                 n++;
             }
         }
@@ -274,12 +285,13 @@ static void cpu_loss_ce_bwd(ms_backend *be, ms_act *dlogits, const float *dloss,
     int64_t total = (int64_t)B * P, n = 0;
 #pragma omp parallel for schedule(static) reduction(+ : n) if (total >= CPU_PAR_MIN)
     for (int64_t i = 0; i < total; i++) n += ce_label_ok(labels[i], ignore_index, C);
-    double scale = n ? (double)*dloss / (double)n : 0.0;
+    const float scale = n ? (float)((double)*dloss / (double)n) : 0.0f;
     int64_t nblk = ((int64_t)P + PIX_BLOCK - 1) / PIX_BLOCK;
     int64_t units = (int64_t)B * nblk;
 #pragma omp parallel for schedule(static) if ((int64_t)B * C * P >= CPU_PAR_MIN)
     for (int64_t u = 0; u < units; u++) {
-        double mx[PIX_BLOCK], se[PIX_BLOCK], w[PIX_BLOCK]; /* w: scale / se, 0 when ignored */
+        float mx[PIX_BLOCK], se[PIX_BLOCK], w[PIX_BLOCK]; /* w: scale / se, 0 when ignored */
+        float onehot[PIX_BLOCK]; /* scale at a counted pixel: subtracted at its label */
         int32_t lab[PIX_BLOCK];
         int64_t b = u / nblk, p0 = (u % nblk) * PIX_BLOCK;
         int np = P - p0 < PIX_BLOCK ? (int)(P - p0) : PIX_BLOCK;
@@ -287,15 +299,16 @@ static void cpu_loss_ce_bwd(ms_backend *be, ms_act *dlogits, const float *dloss,
         for (int j = 0; j < np; j++) {
             lab[j] = labels[b * P + p0 + j];
             int ok = ce_label_ok(lab[j], ignore_index, C);
-            w[j] = ok ? scale / se[j] : 0.0;
-            if (!ok) lab[j] = -1; /* no one-hot term for an ignored pixel */
+            w[j] = ok ? scale / se[j] : 0.0f;
+            onehot[j] = ok ? scale : 0.0f;
         }
         for (int c = 0; c < C; c++) {
             const float *x = logits + (b * C + c) * P + p0;
             float *g = dx + (b * C + c) * P + p0;
+#pragma omp simd
             for (int j = 0; j < np; j++) {
-                double soft = w[j] * exp((double)x[j] - mx[j]); /* scale * softmax */
-                g[j] = (float)(lab[j] == c ? soft - scale : soft);
+                float soft = w[j] * exp_f(x[j] - mx[j]); /* scale * softmax */
+                g[j] = lab[j] == c ? soft - onehot[j] : soft;
             }
         }
     }

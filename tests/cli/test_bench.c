@@ -1,6 +1,7 @@
 /* modsquad bench on a tiny model: exits 0, prints one JSON object whose numbers are positive and
  * finite, whose fractions lie in [0, 1], and whose time shares show the timed backend saw the
- * step's GEMMs; bad options are usage errors. */
+ * step's GEMMs; the measured steps allocate nothing on the backend; bad options are usage
+ * errors. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,13 +84,15 @@ Test(bench, json_numbers, .init = setup, .fini = teardown, .timeout = 120) {
     const char *positive[] = {"gemm_peak_gflops", "flops_per_step", "step_ms_memory",
                               "images_per_s_memory", "gflops_memory", "step_ms_loader",
                               "images_per_s_loader", "gflops_loader", "loader_vs_memory",
-                              "peak_rss_mb", "plan_mb", "rss_vs_plan"};
+                              "peak_rss_mb", "plan_mb", "rss_vs_plan", "rss_before_model_mb",
+                              "rss_model_vs_plan"};
     for (size_t i = 0; i < sizeof positive / sizeof *positive; i++) {
         double v = number(positive[i]);
         cr_assert(isfinite(v) && v > 0, "%s = %g, expected positive and finite:\n%s", positive[i], v, json);
     }
-    const char *fractions[] = {"peak_fraction_memory", "peak_fraction_loader"};
-    for (int i = 0; i < 2; i++) {
+    const char *fractions[] = {"peak_fraction_memory", "peak_fraction_loader",
+                               "best_peak_fraction_memory", "best_peak_fraction_loader"};
+    for (int i = 0; i < 4; i++) {
         double v = number(fractions[i]);
         cr_assert(isfinite(v) && v > 0 && v <= 1, "%s = %g, expected in (0, 1]", fractions[i], v);
     }
@@ -106,6 +109,22 @@ Test(bench, json_numbers, .init = setup, .fini = teardown, .timeout = 120) {
     cr_assert(number("gemm") > 0.05, "gemm share %g: the linear ops were not timed", number("gemm"));
     cr_assert(number("attention") > 0 && number("moe_routing") > 0 && number("optimizer") > 0,
               "a category the model uses got no time:\n%s", json);
+    /* The best step is no slower than the median one. */
+    cr_assert(number("best_step_ms_memory") <= number("step_ms_memory") &&
+                  number("best_step_ms_loader") <= number("step_ms_loader"),
+              "best step slower than the median:\n%s", json);
+    /* The RSS split: what existed before the model plus what came after is the peak. */
+    cr_assert(number("rss_before_model_mb") < number("peak_rss_mb"), "RSS before the model %g MB "
+              "is not below the peak %g MB", number("rss_before_model_mb"), number("peak_rss_mb"));
+    /* DESIGN.md principle 4: the step loop allocates nothing (the timed backend counts every
+     * be->alloc and be->free), and the heap does not grow over the in-memory steps. */
+    cr_assert(number("step_allocs_memory") == 0 && number("step_allocs_loader") == 0,
+              "the measured steps allocated on the backend:\n%s", json);
+    double heap = number("heap_growth_bytes_memory"), rss = number("rss_growth_mb_memory");
+    cr_assert(isfinite(heap) && isfinite(rss) && isfinite(number("heap_growth_bytes_loader")) &&
+                  isfinite(number("rss_growth_mb_loader")),
+              "allocation figures missing:\n%s", json);
+    cr_assert(heap == 0, "the host heap grew by %g bytes over the in-memory steps", heap);
     /* FLOPs per step against images/s and GFLOP/s agree (GFLOP/s = FLOPs / median step). */
     double expect = number("flops_per_step") / (number("step_ms_memory") * 1e-3) / 1e9;
     cr_assert(fabs(number("gflops_memory") - expect) < 1e-3 * expect + 1e-3, "gflops_memory %g, expected %g",

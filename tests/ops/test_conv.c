@@ -104,6 +104,8 @@ static const conv_shape conv_shapes[] = {
     {2, 2, 6, 5, 3, 5},  /* k = 5 (any odd k) */
     {2, 2, 2, 3, 2, 5},  /* k = 5 larger than the image */
     {2, 16, 13, 17, 8, 3}, /* large enough for threaded im2col / col2im */
+    {2, 2, 60, 40, 3, 3},  /* row tiles of 52 + 8 rows (CONV_TILE_COLS 2048 / W 40) */
+    {1, 3, 9, 600, 2, 5},  /* k = 5 over tiles of 4 + 4 + 1 rows: taps cross tile edges */
 };
 #define N_CONV_SHAPES (sizeof conv_shapes / sizeof conv_shapes[0])
 
@@ -200,9 +202,46 @@ Test(conv, backward_skips_null_dx_and_db) {
     }
 }
 
+/* Output rows per im2col tile, as kernels/cpu/conv.c tiles a k > 1 convolution: whole rows
+ * covering at least 2048 pixels (CONV_TILE_COLS), at most the image. */
+static int tile_rows(int H, int W) {
+    int rows = (2048 + W - 1) / W;
+    return rows < H ? rows : H;
+}
+
+Test(conv, scratch_of_one_row_tile_suffices) {
+    /* col_ws of one tile (not one image) followed by canaries: the forward and backward must
+     * stay inside it and still match the full-scratch results bit for bit. */
+    tu_rng r = tu_seed(15);
+    conv_shape s = {2, 4, 100, 64, 5, 3}; /* tiles of 32 rows: 32 + 32 + 32 + 4 */
+    conv_case c = conv_make(&r, s, 1);
+    const size_t nx = conv_nx(s), ny = conv_ny(s), nw = conv_nw(s);
+    const size_t ntile = (size_t)s.Ci * s.k * s.k * tile_rows(s.H, s.W) * s.W, guard = 4096;
+    cr_assert(ntile * 3 < conv_ncol(s), "the shape must need several tiles");
+    float *col = tu_floats(ntile + guard), *dy = tu_floats(ny);
+    for (size_t i = 0; i < guard; i++) col[ntile + i] = 1234.5f;
+    tu_fill(&r, dy, ny, -1, 1);
+    float *y[2], *dx[2], *dw[2], *db[2];
+    for (int run = 0; run < 2; run++) {
+        float *ws = run ? col : c.col;
+        y[run] = tu_floats(ny), dx[run] = tu_floats(nx);
+        dw[run] = tu_floats(nw), db[run] = tu_floats(s.Co);
+        tu_cpu()->conv2d(tu_cpu(), y[run], c.x, c.w, c.b, s.B, s.Ci, s.H, s.W, s.Co, s.k, ws);
+        tu_cpu()->conv2d_bwd(tu_cpu(), dx[run], dw[run], db[run], dy, c.x, c.w, s.B, s.Ci, s.H,
+                             s.W, s.Co, s.k, ws);
+    }
+    for (size_t i = 0; i < guard; i++)
+        cr_assert(col[ntile + i] == 1234.5f, "conv2d wrote past one tile of scratch at %zu", i);
+    tu_expect_equal("conv2d y, tile-sized scratch", y[1], y[0], ny);
+    tu_expect_equal("conv2d dx, tile-sized scratch", dx[1], dx[0], nx);
+    tu_expect_equal("conv2d dw, tile-sized scratch", dw[1], dw[0], nw);
+    ref_conv(c.yd, c.xd, c.wd, c.bd, s);
+    tu_expect_close("conv2d y over row tiles", y[1], c.yd, ny, 1e-5);
+}
+
 Test(conv, deterministic) {
     tu_rng r = tu_seed(14);
-    conv_shape s = {3, 24, 19, 23, 16, 3};
+    conv_shape s = {2, 24, 80, 30, 16, 3}; /* two row tiles: 69 + 11 */
     conv_case c = conv_make(&r, s, 1);
     const size_t nx = conv_nx(s), ny = conv_ny(s), nw = conv_nw(s);
     float *y[2], *dx[2], *dw[2], *db[2], *dy = tu_floats(ny);

@@ -37,7 +37,7 @@ Test(elementwise, add) {
     check_add(1, 1);
     check_add(7, 2);
     check_add(1000, 3);
-    check_add(100003, 4); /* threaded */
+    check_add(300007, 4); /* threaded (COPY_PAR_MIN = 262144 elements) */
 }
 
 /* ---- add_row and its backward sum_rows ------------------------------------------------------ */
@@ -68,7 +68,7 @@ Test(elementwise, add_row) {
     check_add_row(1, 1, 10);
     check_add_row(3, 7, 11);
     check_add_row(1, 384, 12);
-    check_add_row(257, 129, 13); /* threaded */
+    check_add_row(2057, 129, 13); /* threaded */
 }
 
 typedef struct {
@@ -126,7 +126,7 @@ Test(elementwise, sum_rows) {
     check_sum_rows(1, 1, 20);
     check_sum_rows(5, 3, 21);
     check_sum_rows(1, 200, 22);
-    check_sum_rows(1000, 67, 23);  /* threaded, one full and one partial column block */
+    check_sum_rows(4000, 67, 23);  /* threaded, one full and one partial column block */
     check_sum_rows(3000, 1, 24);   /* one column, many rows */
 }
 
@@ -152,7 +152,7 @@ Test(elementwise, sum_rows_long_accuracy) {
 
 Test(elementwise, scale_f32) {
     ms_backend *be = tu_cpu();
-    const size_t sizes[] = {1, 5, 70001};
+    const size_t sizes[] = {1, 5, 270001}; /* the last one threaded */
     const float scales[] = {0.5f, -3.0f, 0.0f};
     for (int k = 0; k < 3; k++) {
         size_t n = sizes[k];
@@ -213,7 +213,7 @@ Test(elementwise, drop_path) {
     check_drop_path(1, 1, 40);
     check_drop_path(3, 17, 41);
     check_drop_path(5, 1000, 42);
-    check_drop_path(2, 40000, 43); /* threaded; samples split across work items */
+    check_drop_path(2, 140000, 43); /* threaded; samples split across work items */
 }
 
 /* ---- GELU --------------------------------------------------------------------------------- */

@@ -330,7 +330,7 @@ Test(linear, layernorm) {
     check_layernorm(17, 384, 0.0, 1.0, 1e-6f, 603);
     check_layernorm(5, 1000, -2.0, 0.1, 1e-6f, 604);
     check_layernorm(2, 5, 0.0, 1e-3, 1e-6f, 605);    /* variance near eps: eps matters */
-    check_layernorm(300, 130, 0.0, 1.0, 1e-6f, 606); /* threaded, partial column block */
+    check_layernorm(600, 130, 0.0, 1.0, 1e-6f, 606); /* threaded, partial column block */
 }
 
 Test(linear, layernorm_large_offset) {
@@ -346,7 +346,7 @@ Test(linear, layernorm_large_offset) {
 Test(linear, deterministic_threaded) {
     ms_backend *be = tu_cpu();
     tu_rng r = tu_seed(700);
-    const int M = 512, I = 384, O = 320;
+    const int M = 1024, I = 384, O = 320; /* M*O above the bias fill's fork threshold */
     size_t nx = (size_t)M * I, nw = (size_t)I * O, ny = (size_t)M * O;
     float *x = tu_floats(nx), *w = tu_floats(nw), *b = tu_floats(O), *g = tu_floats(ny);
     tu_fill_normal(&r, x, nx, 1.0);
