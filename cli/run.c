@@ -33,11 +33,9 @@ int ms_cli_load_config_text(ms_config *cfg, const char *name, const char *text, 
     return report(ms_config_load_text(cfg, name, text, strlen(text), n_sets, sets, &errs), &errs);
 }
 
-ms_backend *ms_cli_open_backend(const ms_config *cfg) {
-    return ms_cli_open_backend_on(cfg, cfg->run.device, cfg->run.threads);
-}
-
-ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int threads) {
+/* The backend of cfg on `device` with `threads` CPU threads in place of run.device and
+ * run.threads (a data-parallel rank's own GPU or share of the cores); NULL with a message. */
+static ms_backend *open_backend_on(const ms_config *cfg, const char *device, int threads) {
     char err[512];
     int bf16 = cfg->train.precision == MS_PRECISION_BF16;
     unsigned precision = (bf16 ? MS_BACKEND_BF16 : 0) | (cfg->train.tf32 ? MS_BACKEND_TF32 : 0);
@@ -46,22 +44,11 @@ ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int
         fprintf(stderr, "modsquad: error: run.device '%s': %s\n", device, err);
         return NULL;
     }
-    int missing = ms_backend_missing_ops(be);
-    if (missing && strcmp(be->name, "cpu") != 0) {
-        /* The CUDA backend is being completed op by op; until it has every op a run needs,
-         * auto stays on the CPU and an explicit cuda says why it cannot run. */
-        be->destroy(be);
-        if (strcmp(cfg->run.device, "auto") == 0 && !bf16) {
-            ms_warn("the CUDA backend of this build lacks %d ops; running on the CPU", missing);
-            return ms_backend_create("cpu", threads, 0, err, sizeof err);
-        }
-        fprintf(stderr,
-                "modsquad: error: run.device '%s': the CUDA backend of this build does not yet "
-                "implement %d of the ops a run needs; use run.device: cpu\n",
-                device, missing);
-        return NULL;
-    }
     return be;
+}
+
+ms_backend *ms_cli_open_backend(const ms_config *cfg) {
+    return open_backend_on(cfg, cfg->run.device, cfg->run.threads);
 }
 
 /* ---- several ranks ----------------------------------------------------------------------- */
@@ -87,7 +74,7 @@ ms_backend *ms_cli_open_backend_rank(const ms_config *cfg, const ms_comm_env *en
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cores / env->local_world > 1 ? (int)(cores / env->local_world) : 1;
     }
-    return ms_cli_open_backend_on(cfg, device, threads);
+    return open_backend_on(cfg, device, threads);
 }
 
 ms_world *ms_cli_open_world(const ms_config *cfg, const ms_comm_env *env, ms_backend *be,

@@ -1,5 +1,6 @@
-/* What train, eval and bench share: loading a config from the command line, opening the
- * backend, evaluating a model over a split, and the checkpoint metadata. */
+/* What train, eval, extract and bench share: loading a config from the command line, opening
+ * the backend, the ranks of a data-parallel run, evaluating a model over a split, and the
+ * checkpoint metadata. */
 #ifndef MS_RUN_H
 #define MS_RUN_H
 
@@ -22,9 +23,6 @@ int ms_cli_load_config_text(ms_config *cfg, const char *name, const char *text, 
 /* The backend run.device asks for (auto: the CPU in a build without CUDA); NULL with a
  * message on stderr when it cannot be had. */
 ms_backend *ms_cli_open_backend(const ms_config *cfg);
-/* The same on `device` with `threads` CPU threads in place of run.device and run.threads: a
- * data-parallel rank's own GPU (cuda:LOCAL_RANK) or its share of the node's cores. */
-ms_backend *ms_cli_open_backend_on(const ms_config *cfg, const char *device, int threads);
 
 /* ---- several ranks (docs/parallel.md) ---------------------------------------------------- */
 

@@ -10,12 +10,13 @@
  * optimizer moments and the BatchNorm statistics are all in the checkpoint.
  *
  * Data parallelism (docs/parallel.md): started as several ranks (mpirun, srun), each rank runs
- * train.batch_size / ranks images of every global batch; the MI statistics are summed over the
- * ranks inside the forward (model hook), the gradients averaged in a few large buckets after the
- * backward, the BatchNorm running statistics averaged and the losses reduced with one small
- * collective per step, which also carries the stop signals so that every rank checkpoints at
- * the same step. Only rank 0 writes the log, config.yaml and the checkpoints; every rank
- * resumes from the one checkpoint rank 0 picks. */
+ * train.batch_size / ranks images of every global batch; the MI statistics, the masked losses'
+ * counts and the BatchNorm statistics are summed over the ranks inside the forward (model
+ * hooks), the gradients averaged in a few large buckets that start while the last
+ * micro-batch's backward still runs (ms_grad_sync; MODSQUAD_OVERLAP=0 starts them after it),
+ * and the losses reduced with one small collective per step, which also carries the stop
+ * signals so that every rank checkpoints at the same step. Only rank 0 writes the log,
+ * config.yaml and the checkpoints; every rank resumes from the one checkpoint rank 0 picks. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -55,7 +56,9 @@ static void usage(FILE *f) {
             "                       MODSQUAD_COMM_TIMEOUT environment variable, else %.0f s)\n"
             "  -h, --help           show this help\n\n"
             "Data parallel: start several ranks with mpirun or srun (docs/parallel.md);\n"
-            "train.batch_size is the global batch, split evenly over the ranks.\n\n"
+            "train.batch_size is the global batch, split evenly over the ranks. The gradient\n"
+            "all-reduce overlaps the backward; MODSQUAD_OVERLAP=0 runs it after the backward\n"
+            "(the same sums: the weights are identical).\n\n"
             "Exit status: 0 done, 1 error, 2 usage error, %d stopped by a signal after writing a\n"
             "checkpoint (requeue and run the same command with --resume auto).\n",
             MS_COMM_TIMEOUT_DEFAULT, MS_EXIT_REQUEUE);
@@ -82,16 +85,16 @@ typedef struct {
     ms_data *train, *val;
     ms_loader *loader;
     ms_world *world;            /* the ranks (a world of one without data parallelism) */
+    ms_grad_sync *grad_sync;    /* the gradient buckets, armed for each step's last backward */
     int B;                      /* images per micro-batch on this rank */
     long steps, warmup, step;   /* total optimizer steps, warmup steps, next step */
     int64_t steps_per_epoch;
     int bad_steps;              /* non-finite steps in a row */
     float *host_params, *host_m, *host_v; /* checkpoint staging [pt->total] */
-    /* The step's collective: task losses [T], total, MI, stop requests, then the BatchNorm
-     * running statistics [n_bn]; summed over the ranks. [T + 3 + n_bn] */
+    /* The step's collective: task losses [T], total, MI, stop requests, summed over the ranks.
+     * The BatchNorm running statistics need none: SyncBatchNorm (model/head_conv.c) updates
+     * them from the global batch's statistics, the same bits on every rank. [T + 3] */
     double *step_sums;
-    size_t n_bn;                /* floats of BatchNorm running statistics */
-    float *host_bn;             /* [n_bn] their host copy */
     int stop_agreed;            /* some rank received a stop signal (several ranks) */
 } trainer;
 
@@ -102,19 +105,6 @@ static int is_root(const trainer *tr) { return tr->world->rank == 0; }
 static void reduce(trainer *tr, void *x, size_t n, ms_comm_dtype t, ms_comm_op op,
                    const char *what) {
     if (ms_world_allreduce(tr->world, x, n, t, op, what)) ms_world_abort(tr->world, 1);
-}
-
-/* Every rank's status after a phase that can fail on some ranks only (rc 0 or not): 1 when any
- * rank failed, on every rank, so that every rank leaves by the same path. Rank 0 says so when
- * only others failed. */
-static int agree(trainer *tr, int rc) {
-    if (tr->world->size == 1) return rc != 0;
-    int64_t worst = rc != 0;
-    reduce(tr, &worst, 1, MS_COMM_I64, MS_COMM_MAX, "the all-reduce of the ranks' status");
-    if (worst && !rc && is_root(tr))
-        fprintf(stderr,
-                "modsquad: error: another rank failed (its message above says why); stopping\n");
-    return (int)worst;
 }
 
 /* The run log lives on rank 0; the other ranks pass NULL. */
@@ -189,7 +179,7 @@ static int save_checkpoint_here(trainer *tr, ms_runlog *log) {
 static int save_checkpoint(trainer *tr, ms_runlog *log) {
     if (tr->world->size > 1) {
         if (check_replicas(tr, "before the checkpoint")) return -1;
-        return agree(tr, is_root(tr) ? save_checkpoint_here(tr, log) : 0);
+        return ms_cli_agree(tr->world, is_root(tr) ? save_checkpoint_here(tr, log) : 0);
     }
     const ms_param_table *pt = ms_model_params(tr->model);
     ms_backend *be = tr->be;
@@ -274,10 +264,16 @@ static void print_summary(trainer *tr) {
     printf("modsquad train %s\n", tr->config_path);
     printf("  run dir    %s (resolved config in config.yaml, log in log.jsonl)\n", tr->run_dir);
     printf("  device     %s, %d threads%s\n", tr->be->name, tr->be->threads, ranks > 1 ? " per rank" : "");
-    if (ranks > 1)
+    if (ranks > 1) {
+        const ms_param_table *pt = ms_model_params(tr->model);
         printf("  ranks      %d (%s): %d of each global batch's %d images per rank, "
                "collective timeout %.0f s\n",
                ranks, tr->world->name, tr->B, tr->B * ranks, tr->world->timeout_s);
+        printf("             gradients summed in buckets of up to %.1f MB, %s\n",
+               ms_grad_bucket_floats(pt->total) * sizeof(float) / 1e6,
+               ms_grad_sync_overlaps(tr->grad_sync) ? "overlapped with the backward"
+                                                    : "after the backward");
+    }
     printf("  data       %s at %s: %s %lld samples, %s %lld samples\n",
            ms_dataset_names[c->data.dataset], c->data.root, c->data.train_split,
            (long long)tr->train->n, c->data.val_split, (long long)(tr->val ? tr->val->n : 0));
@@ -319,34 +315,6 @@ static int evaluate_and_log(trainer *tr, ms_runlog *log) {
     return 0;
 }
 
-/* The BatchNorm running statistics: each rank's forwards updated its own copy from its own
- * images; their mean over the ranks (summed in tr->step_sums) becomes every rank's copy, so the
- * replicas and the checkpoint agree. For the running mean that is exactly the statistic of the
- * global batch; for the running variance it leaves out the spread between the ranks' means. */
-static void gather_bn(trainer *tr, double *out) {
-    const ms_param_table *pt = ms_model_params(tr->model);
-    const float *params = ms_model_param_data(tr->model);
-    size_t k = 0;
-    for (int i = 0; i < pt->n; i++) {
-        if (!pt->t[i].buffer) continue;
-        tr->be->download(tr->be, tr->host_bn + k, params + pt->t[i].offset, pt->t[i].numel * sizeof(float));
-        k += pt->t[i].numel;
-    }
-    for (size_t j = 0; j < tr->n_bn; j++) out[j] = tr->host_bn[j];
-}
-
-static void scatter_bn(trainer *tr, const double *sums) {
-    const ms_param_table *pt = ms_model_params(tr->model);
-    float *params = ms_model_param_data(tr->model);
-    for (size_t j = 0; j < tr->n_bn; j++) tr->host_bn[j] = (float)(sums[j] / tr->world->size);
-    size_t k = 0;
-    for (int i = 0; i < pt->n; i++) {
-        if (!pt->t[i].buffer) continue;
-        tr->be->upload(tr->be, params + pt->t[i].offset, tr->host_bn + k, pt->t[i].numel * sizeof(float));
-        k += pt->t[i].numel;
-    }
-}
-
 /* One optimizer step; returns 0, or 1 when it was skipped as non-finite. */
 static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc) {
     const ms_config *c = &tr->cfg;
@@ -368,6 +336,10 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
             return -1;
         }
         ms_model_forward(tr->model, *batch_io, 1, tr->step * c->train.accum_steps + a);
+        /* Only the last micro-batch's backward completes the step's gradients. */
+        if (a == c->train.accum_steps - 1)
+            ms_grad_sync_arm(tr->grad_sync, ms_model_grad_data(tr->model),
+                             ms_model_params(tr->model)->total);
         ms_model_backward(tr->model);
         ms_losses l;
         ms_model_losses(tr->model, &l);
@@ -377,24 +349,22 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
     }
     float *grads = ms_model_grad_data(tr->model);
     const ms_param_table *pt = ms_model_params(tr->model);
-    /* The mean gradient of the global batch: summed over the ranks, divided by ranks x
-     * micro-steps (each micro-step's loss is already a mean over its images). */
-    if (ranks > 1 || c->train.accum_steps > 1) {
-        float scale = 1.0f / (float)(c->train.accum_steps * ranks);
-        if (ms_world_sum_grads(tr->world, grads, pt->total, scale)) ms_world_abort(tr->world, 1);
-    }
+    /* The mean gradient of the global batch: summed over the ranks (the buckets the backward
+     * started, and the rest), divided by ranks x micro-steps (each micro-step's loss is
+     * already a mean over its images). */
+    float scale = 1.0f / (float)(c->train.accum_steps * ranks);
+    if (ms_grad_sync_finish(tr->grad_sync, scale)) ms_world_abort(tr->world, 1);
     if (ranks > 1) {
         /* One small collective: the losses for the log and the skip decision, the stop
-         * requests (so that every rank stops at the same step), the BatchNorm statistics. */
+         * requests (so that every rank stops at the same step). */
         double *sums = tr->step_sums;
         for (int t = 0; t < T; t++) sums[t] = task_loss[t];
         sums[T] = total, sums[T + 1] = mi, sums[T + 2] = ms_stop_signal ? 1.0 : 0.0;
-        if (tr->n_bn) gather_bn(tr, sums + T + 3);
-        reduce(tr, sums, (size_t)T + 3 + tr->n_bn, MS_COMM_F64, MS_COMM_SUM, "the all-reduce of the step's losses");
+        reduce(tr, sums, (size_t)T + 3, MS_COMM_F64, MS_COMM_SUM,
+               "the all-reduce of the step's losses");
         for (int t = 0; t < T; t++) task_loss[t] = sums[t] / ranks;
         total = sums[T] / ranks, mi = sums[T + 1] / ranks;
         tr->stop_agreed = sums[T + 2] > 0;
-        if (tr->n_bn) scatter_bn(tr, sums + T + 3);
     }
     double gnorm = ms_optim_grad_norm(&tr->opt, grads);
     int finite = isfinite(total) && isfinite(gnorm);
@@ -440,16 +410,6 @@ static int train_step(trainer *tr, ms_runlog *log, ms_batch **batch_io, int *rc)
     return 0;
 }
 
-/* --comm-timeout, else MODSQUAD_COMM_TIMEOUT, else the default; -1 when a value is not a
- * positive number of seconds. */
-static double comm_timeout(const char *arg) {
-    const char *v = arg ? arg : getenv("MODSQUAD_COMM_TIMEOUT");
-    if (!v || !*v) return MS_COMM_TIMEOUT_DEFAULT;
-    char *end;
-    double s = strtod(v, &end);
-    return *end || !(s > 0) || !isfinite(s) ? -1 : s;
-}
-
 /* Rank 0 picks the checkpoint to resume from (--resume auto) and every rank loads it. Returns
  * the agreed status. */
 static int resume(trainer *tr, const char *what) {
@@ -465,40 +425,9 @@ static int resume(trainer *tr, const char *what) {
         if (is_root(tr)) printf("no checkpoint in %s: starting from scratch\n", tr->run_dir);
         return 0;
     }
-    if (agree(tr, resume_from(tr, wpath))) return -1;
+    if (ms_cli_agree(tr->world, resume_from(tr, wpath))) return -1;
     if (is_root(tr)) printf("resumed from %s (step %ld)\n", wpath, tr->step);
     return 0;
-}
-
-/* The ranks' device and threads: a rank's own GPU (its local rank modulo the GPUs it sees)
- * when run.device is auto or cuda, and its share of the node's cores when run.threads is 0. */
-static void rank_device(const ms_config *cfg, const ms_comm_env *env, char *device, size_t cap,
-                        int *threads) {
-    snprintf(device, cap, "%s", cfg->run.device);
-    *threads = cfg->run.threads;
-    if (env->world == 1) return;
-    if (strcmp(cfg->run.device, "auto") == 0 || strcmp(cfg->run.device, "cuda") == 0) {
-        int gpu = ms_comm_gpu_of(env);
-        if (gpu >= 0) snprintf(device, cap, "cuda:%d", gpu);
-    }
-    if (*threads == 0 && !getenv("OMP_NUM_THREADS") && env->local_world > 1) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        *threads = cores / env->local_world > 1 ? (int)(cores / env->local_world) : 1;
-    }
-}
-
-/* The run's resolved config, the same on every rank (same file, same --set). */
-static int check_same_config(trainer *tr) {
-    char *yaml = ms_config_to_yaml(&tr->cfg);
-    int same = ms_world_same(tr->world, ms_comm_hash(yaml, strlen(yaml), MS_COMM_HASH_SEED),
-                             "the comparison of the configs");
-    free(yaml);
-    if (same < 0) ms_world_abort(tr->world, 1);
-    if (!same && is_root(tr))
-        fprintf(stderr, "modsquad: error: the %d ranks resolved different configs (another config "
-                        "file or --set on some rank?); every rank must run the same command\n",
-                tr->world->size);
-    return same ? 0 : -1;
 }
 
 /* Everything before the first step, on every rank: data, loader, model, optimizer, resume.
@@ -531,13 +460,14 @@ static int prepare(trainer *tr, const char *resume_what) {
             rc = 1;
         }
     }
-    if (agree(tr, rc)) return -1;
+    if (ms_cli_agree(tr->world, rc)) return -1;
     tr->steps = cfg->train.steps ? cfg->train.steps : (long)(cfg->train.epochs * tr->steps_per_epoch);
     tr->warmup = cfg->train.warmup_steps ? cfg->train.warmup_steps
                                          : (long)(cfg->train.warmup_epochs * (double)tr->steps_per_epoch);
     if (tr->warmup >= tr->steps) tr->warmup = tr->steps / 10;
 
-    ms_model_opts mo = {.batch = tr->B, .rank = rank};
+    ms_model_opts mo = {.batch = tr->B, .rank = rank, .grads_ready = ms_grad_sync_ready,
+                        .grads_ctx = tr->grad_sync};
     if (ranks > 1) mo.stats_sum = ms_world_sum_hook, mo.stats_ctx = tr->world, mo.world = ranks;
     tr->model = ms_model_create(cfg, tr->be, &mo);
     ms_model_init(tr->model, (uint64_t)cfg->run.seed);
@@ -546,28 +476,25 @@ static int prepare(trainer *tr, const char *resume_what) {
     if (rc)
         fprintf(stderr, "modsquad: error: out of device memory for the optimizer state (%.1f MB)\n",
                 2.0 * pt->total * sizeof(float) / 1e6);
-    if (agree(tr, rc)) return -1;
+    if (ms_cli_agree(tr->world, rc)) return -1;
     tr->host_params = ms_malloc(pt->total * sizeof(float));
     tr->host_m = ms_malloc(pt->total * sizeof(float));
     tr->host_v = ms_malloc(pt->total * sizeof(float));
-    for (int i = 0; i < pt->n; i++)
-        if (pt->t[i].buffer) tr->n_bn += pt->t[i].numel;
-    tr->host_bn = ms_malloc((tr->n_bn ? tr->n_bn : 1) * sizeof(float));
-    tr->step_sums = ms_malloc(((size_t)cfg->data.tasks.n + 3 + tr->n_bn) * sizeof(double));
+    tr->step_sums = ms_malloc(((size_t)cfg->data.tasks.n + 3) * sizeof(double));
     if (resume_what && resume(tr, resume_what)) return -1;
     return check_replicas(tr, "after the start");
 }
 
 /* Rank 0 writes the resolved config and opens the log. Returns the agreed status. */
 static int open_outputs(trainer *tr, ms_runlog *log) {
-    if (!is_root(tr)) return agree(tr, 0);
+    if (!is_root(tr)) return ms_cli_agree(tr->world, 0);
     ms_config *cfg = &tr->cfg;
     char cpath[4096];
     snprintf(cpath, sizeof cpath, "%s/config.yaml", tr->run_dir);
     FILE *f = fopen(cpath, "w");
     if (!f) {
         fprintf(stderr, "modsquad: error: cannot write %s: %s\n", cpath, strerror(errno));
-        return agree(tr, 1);
+        return ms_cli_agree(tr->world, 1);
     }
     ms_config_print(cfg, f);
     fclose(f);
@@ -576,9 +503,9 @@ static int open_outputs(trainer *tr, ms_runlog *log) {
     int progress = cfg->run.progress == MS_PROGRESS_AUTO ? -1 : cfg->run.progress == MS_PROGRESS_ON;
     if (ms_runlog_open(log, tr->run_dir, progress, cfg->run.log_every, tr->steps, tr->step, lerr, sizeof lerr)) {
         fprintf(stderr, "modsquad: error: %s\n", lerr);
-        return agree(tr, 1);
+        return ms_cli_agree(tr->world, 1);
     }
-    if (agree(tr, 0)) {
+    if (ms_cli_agree(tr->world, 0)) {
         ms_runlog_close(log);
         return -1;
     }
@@ -673,11 +600,17 @@ int cmd_train(int argc, char **argv) {
     }
     if (optind != argc - 1)
         return ms_usage_error("train", optind >= argc ? "missing CONFIG" : "one CONFIG only");
-    double timeout_s = comm_timeout(timeout_arg);
+    double timeout_s = ms_cli_comm_timeout(timeout_arg);
     if (timeout_s < 0)
         return ms_usage_error("train", "%s needs a positive number of seconds, not '%s'",
                               timeout_arg ? "--comm-timeout" : "MODSQUAD_COMM_TIMEOUT",
                               timeout_arg ? timeout_arg : getenv("MODSQUAD_COMM_TIMEOUT"));
+    const char *overlap_env = getenv("MODSQUAD_OVERLAP");
+    if (overlap_env && strcmp(overlap_env, "0") != 0 && strcmp(overlap_env, "1") != 0)
+        return ms_usage_error("train", "MODSQUAD_OVERLAP must be 0 (the gradient all-reduce "
+                                       "after the backward) or 1 (overlapped, the default), not "
+                                       "'%s'", overlap_env);
+    int overlap = !overlap_env || strcmp(overlap_env, "1") == 0;
 
     static trainer tr_s;
     trainer *tr = &tr_s;
@@ -705,26 +638,13 @@ int cmd_train(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
-    char device[MS_NAME_MAX];
-    int threads;
-    rank_device(cfg, &env, device, sizeof device, &threads);
-    tr->be = ms_cli_open_backend_on(cfg, device, threads);
+    tr->be = ms_cli_open_backend_rank(cfg, &env);
     if (!tr->be) return 1;
-    {
-        char err[1024];
-        static const ms_world_kind kinds[] = {[MS_COMM_AUTO] = MS_WORLD_AUTO,
-                                              [MS_COMM_NONE] = MS_WORLD_NONE,
-                                              [MS_COMM_MPI] = MS_WORLD_MPI,
-                                              [MS_COMM_NCCL] = MS_WORLD_NCCL};
-        ms_world_opts wo = {kinds[cfg->run.comm], timeout_s, tr->run_dir};
-        tr->world = ms_world_open(&wo, &env, tr->be, err, sizeof err);
-        if (!tr->world) {
-            fprintf(stderr, "modsquad: error: run.comm '%s': %s\n", ms_comm_names[cfg->run.comm], err);
-            goto out;
-        }
-    }
+    tr->world = ms_cli_open_world(cfg, &env, tr->be, timeout_s, tr->run_dir);
+    if (!tr->world) goto out;
+    tr->grad_sync = ms_grad_sync_create(tr->world, overlap);
     ms_signals_install();
-    if (check_same_config(tr) || prepare(tr, resume_what)) goto out;
+    if (ms_cli_same_config(tr->world, cfg) || prepare(tr, resume_what)) goto out;
     ms_runlog log_s, *log = is_root(tr) ? &log_s : NULL;
     if (open_outputs(tr, log)) goto out;
     rc = train_loop(tr, log, stop_at);
@@ -736,7 +656,8 @@ out:
     if (tr->model) ms_model_destroy(tr->model);
     if (tr->opt.be) ms_optim_destroy(&tr->opt);
     free(tr->host_params), free(tr->host_m), free(tr->host_v);
-    free(tr->host_bn), free(tr->step_sums);
+    free(tr->step_sums);
+    ms_grad_sync_destroy(tr->grad_sync);
     ms_world_close(tr->world);
     if (tr->be) tr->be->destroy(tr->be);
     return rc;

@@ -30,6 +30,8 @@ struct ms_model {
     ms_vit *vit;
     ms_heads *heads;
     int n_backbone;       /* the first n_backbone tensors of pt are the backbone's */
+    ms_range_fn grads_ready; /* ms_model_opts.grads_ready */
+    void *grads_ctx;
     void *arena_base;     /* device, arena_bytes */
     size_t arena_bytes;
     float *params, *grads; /* device [pt.total] */
@@ -60,6 +62,8 @@ ms_model *ms_model_create(const ms_config *cfg, ms_backend *be, const ms_model_o
     m->plan_only = o->plan_only;
     m->vit = ms_vit_create(cfg, be, m->B, o->rank, &m->pt);
     if (o->stats_sum) ms_vit_set_stats_sum(m->vit, o->stats_sum, o->stats_ctx, o->world);
+    ms_vit_set_grads_ready(m->vit, o->grads_ready, o->grads_ctx);
+    m->grads_ready = o->grads_ready, m->grads_ctx = o->grads_ctx;
     m->n_backbone = m->pt.n;
     ms_head_shape shape = {cfg, be, m->B, cfg->data.image_size, cfg->data.image_size,
                            ms_vit_tokens_per_image(m->vit), cfg->model.dim, m->T};
@@ -154,6 +158,12 @@ void ms_model_backward(ms_model *m) {
     MS_ASSERT(m->forwarded && m->training);
     for (int t = 0; t < m->T; t++)
         ms_heads_backward(m->heads, t, ms_vit_tokens(m->vit, t), ms_vit_grad_in(m->vit, t));
+    /* The heads' tensors follow the backbone's; some (norm, fc_norm) serve several tasks, so
+     * their part is final after the last head. The weighting's gradient came in the forward. */
+    if (m->grads_ready && m->pt.n > m->n_backbone) {
+        size_t start = m->pt.t[m->n_backbone].offset;
+        m->grads_ready(m->grads_ctx, start, m->pt.total - start);
+    }
     ms_vit_backward(m->vit);
 }
 

@@ -41,6 +41,15 @@ typedef struct {
     ms_sum_fn stats_sum;
     void *stats_ctx;
     int world;
+    /* Gradient overlap (kernels/comm/comm.h ms_grad_sync_ready): every training backward calls
+     * grads_ready(grads_ctx, offset, count), on the host, each time floats [offset, offset +
+     * count) of the gradient buffer have their final value for this backward, i.e. once the
+     * work queued on the backend so far has run: the heads' part (after every head), then each
+     * transformer block from the last to the first, the task embedding, the embeddings. The
+     * ranges tile [0, params.total) once per backward; the order is the same in every
+     * backward. NULL: not called. */
+    ms_range_fn grads_ready;
+    void *grads_ctx;
 } ms_model_opts;
 
 /* Device memory of a run, in bytes. */
@@ -91,7 +100,8 @@ void ms_model_zero_grads(ms_model *m);
  * deterministic and leaves the gradients untouched. Under uncertainty weighting a training
  * forward already adds the weighting's own gradient (hence: zero the gradients first). */
 void ms_model_forward(ms_model *m, const ms_batch *b, int training, int64_t step);
-/* Backward of the last training forward: parameter gradients accumulated (+=). */
+/* Backward of the last training forward: parameter gradients accumulated (+=), reported to
+ * ms_model_opts.grads_ready range by range as they become final. */
 void ms_model_backward(ms_model *m);
 /* Downloads the losses of the last forward. */
 void ms_model_losses(const ms_model *m, ms_losses *out);

@@ -94,8 +94,13 @@ ms_vit *ms_vit_create(const ms_config *cfg, ms_backend *be, int B, int rank, ms_
     /* PyTorch's Conv2d default (kaiming_uniform a=sqrt 5): U(+-1/sqrt(fan_in)) for both. */
     v->pe_w = vit_add(v, pt, "patch_embed.proj.weight", 4, s_pe, INIT_UNIFORM, 1.0 / sqrt(pp));
     v->pe_b = vit_add(v, pt, "patch_embed.proj.bias", 1, s_peb, INIT_UNIFORM, 1.0 / sqrt(pp));
-    for (int i = 0; i < v->depth; i++) block_register(v, pt, i);
+    MS_ASSERT(v->cls == 0 && v->pe_b == 3); /* the backbone opens the table (gradient ranges) */
+    for (int i = 0; i < v->depth; i++) {
+        v->blk[i].first_param = pt->n;
+        block_register(v, pt, i);
+    }
     v->temb = v->task_embed ? vit_add(v, pt, "task_embedding", 3, s_temb, INIT_NORMAL, 0) : -1;
+    v->n_params = pt->n;
 
     /* Auxiliary loss slots and the host copies of the expert offsets. */
     for (int l = 0; l < v->n_moe; l++) {
@@ -209,6 +214,10 @@ void ms_vit_set_stats_sum(ms_vit *v, ms_sum_fn fn, void *ctx, int world) {
     v->stats_sum = fn, v->stats_ctx = ctx, v->world = world;
 }
 
+void ms_vit_set_grads_ready(ms_vit *v, ms_range_fn fn, void *ctx) {
+    v->grads_ready = fn, v->grads_ctx = ctx;
+}
+
 /* ---- initialisation ----------------------------------------------------------------------------- */
 
 void ms_vit_init(const ms_vit *v, float *host, uint64_t seed) {
@@ -299,6 +308,20 @@ ms_act *ms_vit_grad_in(ms_vit *v, int t) {
 
 /* ---- backward ---------------------------------------------------------------------------------- */
 
+/* Where tensor `id` starts in the flat buffer; past the last tensor, where the table ends
+ * (the heads' tensors follow the backbone's, so the backbone's last range ends at theirs). */
+static size_t param_start(const ms_vit *v, int id) {
+    return id < v->pt->n ? v->pt->t[id].offset : v->pt->total;
+}
+
+/* Reports the gradients of tensors [first, end) as final: the range runs to the start of the
+ * next tensor, alignment padding included, so that the reports tile the buffer. */
+static void report_params(const ms_vit *v, int first, int end) {
+    if (!v->grads_ready) return;
+    size_t a = param_start(v, first), b = param_start(v, end);
+    v->grads_ready(v->grads_ctx, a, b - a);
+}
+
 void ms_vit_backward(ms_vit *v) {
     ms_backend *be = v->be;
     int M = v->M, D = v->D, B = v->B;
@@ -307,21 +330,30 @@ void ms_vit_backward(ms_vit *v) {
     /* hard_sharing: every head read the one trunk output */
     if (v->P == 1)
         for (int t = 1; t < v->T; t++) be->add(be, v->grad_in[0], v->grad_in[0], v->grad_in[t], MD);
-    for (int p = 0; p < v->P; p++) {
-        ms_act *dres = v->grad_in[p]; /* running dL/d residual stream, in place */
-        for (int i = v->depth - 1; i >= 0; i--) {
-            block_backward(v, i, p, v->res[p][i], dres);
-            if (v->task_embed) be->sum_rows(be, vg(v, v->temb) + (size_t)p * D, dres, M, D);
+    /* grad_in[p] is pass p's running dL/d residual stream, in place. Block by block, so that a
+     * block's gradients are final (and can be summed over the ranks) while the blocks below
+     * still run; within a block the passes go in order, which gives every gradient the same
+     * sum, in the same order, as running each pass through all blocks. */
+    for (int i = v->depth - 1; i >= 0; i--) {
+        for (int p = 0; p < v->P; p++) {
+            block_backward(v, i, p, v->res[p][i], v->grad_in[p]);
+            if (v->task_embed)
+                be->sum_rows(be, vg(v, v->temb) + (size_t)p * D, v->grad_in[p], M, D);
         }
-        if (p == 0)
-            be->copy(be, v->dx0, dres, MD * be->act_size);
-        else
-            be->add(be, v->dx0, v->dx0, dres, MD);
+        /* the task embedding, when there is one, follows the last block */
+        int end = i + 1 < v->depth ? v->blk[i + 1].first_param
+                  : v->temb >= 0   ? v->temb
+                                   : v->n_params;
+        report_params(v, v->blk[i].first_param, end);
     }
+    if (v->temb >= 0) report_params(v, v->temb, v->temb + 1);
+    be->copy(be, v->dx0, v->grad_in[0], MD * be->act_size);
+    for (int p = 1; p < v->P; p++) be->add(be, v->dx0, v->dx0, v->grad_in[p], MD);
     ms_act *dpe = v->s.md[0]; /* [B Np, D] */
     be->tokens_assemble_bwd(be, dpe, vg(v, v->cls), vg(v, v->pos), v->dx0, B, v->N, D);
     be->linear_bwd(be, NULL, vg(v, v->pe_w), vg(v, v->pe_b), dpe, v->patches, vp(v, v->pe_w),
                    B * v->Np, 3 * v->patch * v->patch, D, MS_W_OUT_IN, 0);
+    report_params(v, v->cls, v->pe_b + 1); /* the first four tensors */
 }
 
 /* ---- accessors --------------------------------------------------------------------------------- */

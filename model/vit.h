@@ -45,6 +45,16 @@ void ms_vit_bind(ms_vit *v, float *params, float *grads);
 typedef void (*ms_sum_fn)(void *ctx, float *x, size_t n);
 void ms_vit_set_stats_sum(ms_vit *v, ms_sum_fn fn, void *ctx, int world);
 
+/* Gradient overlap: fn(ctx, offset, count) says that floats [offset, offset + count) of the
+ * flat gradient buffer hold their final value for this backward once the work queued on the
+ * backend so far has run (model/model.h ms_model_opts.grads_ready). */
+typedef void (*ms_range_fn)(void *ctx, size_t offset, size_t count);
+/* The backbone reports its ranges during ms_vit_backward: each block's once every pass has
+ * gone through it (from the last block to the first), then the task embedding's, then the
+ * embeddings' (cls_token, pos_embed, patch_embed). Together they tile [0, end), where end is
+ * the offset of the first tensor registered after the backbone (the heads' part). */
+void ms_vit_set_grads_ready(ms_vit *v, ms_range_fn fn, void *ctx);
+
 /* Images [B, 3, H, W] (host, fp32) to the device. */
 void ms_vit_set_images(ms_vit *v, const float *images);
 /* Every pass on the uploaded images. training: drop path and noisy gating on; `step` keys their
@@ -55,7 +65,9 @@ const ms_act *ms_vit_tokens(const ms_vit *v, int t);
 /* Where the caller writes dL/d tokens[B, N, D] of task t before ms_vit_backward. */
 ms_act *ms_vit_grad_in(ms_vit *v, int t);
 /* Backward of the last (training) forward: parameter gradients accumulated (+=), the routing
- * losses' gradients included. ms_vit_grad_in of every task is overwritten. */
+ * losses' gradients included. ms_vit_grad_in of every task is overwritten. The blocks run from
+ * the last to the first, each for every pass in turn, so that a block's gradients are
+ * complete as early as possible (each tensor still receives the passes in task order). */
 void ms_vit_backward(ms_vit *v);
 
 /* The routing losses of the last forward, downloaded: MI (summed over MoE layers, weighted by

@@ -119,6 +119,8 @@ typedef struct {
 } block_pass;
 
 typedef struct {
+    int first_param;          /* parameter table index of the block's first tensor: its
+                               * tensors (every copy, MoE sub-layers included) follow in a row */
     int n_copies;             /* 1, or T for separate_bottom's per-task blocks */
     block_params p[MS_MAX_TASKS];
     moe_layer *attn_moe;      /* NULL: dense attention */
@@ -192,6 +194,9 @@ struct ms_vit {
     ms_sum_fn stats_sum;  /* sums mi_stats over the ranks (data parallelism), or NULL */
     void *stats_ctx;
     int world;            /* ranks */
+    ms_range_fn grads_ready; /* reports final gradient ranges in the backward, or NULL */
+    void *grads_ctx;
+    int n_params;         /* the backbone's tensors are the first n_params of the table */
     vit_scratch s;
 
     /* state of the last forward */

@@ -1,5 +1,6 @@
 /* Choosing the collectives of a run and what every implementation shares: the bounded wait,
- * the gradient all-reduce, the MI-statistics hook, the agreement checks (kernels/comm/comm.h). */
+ * the gradient buckets (ms_grad_sync), the MI-statistics hook, the agreement checks
+ * (kernels/comm/comm.h). */
 #include "comm.h"
 
 #ifdef MS_HAVE_CUDA
@@ -143,16 +144,152 @@ int ms_comm_poll(const ms_world *w, int (*check)(void *arg), void *arg, const ch
 
 /* ---- shared collectives -------------------------------------------------------------------- */
 
-int ms_world_sum_grads(ms_world *w, float *g, size_t n, float scale) {
-    if (w->size > 1 && n && w->ops->allreduce_dev(w, g, n, "the gradient all-reduce")) return -1;
+size_t ms_grad_bucket_floats(size_t n) {
+    size_t b = (n + MS_COMM_BUCKETS - 1) / MS_COMM_BUCKETS;
+    return b < 1 ? 1 : b < MS_COMM_BUCKET_FLOATS ? b : MS_COMM_BUCKET_FLOATS;
+}
+
+typedef struct {
+    size_t off, n; /* g[off, off + n) */
+} grad_bucket;
+
+struct ms_grad_sync {
+    ms_world *w;
+    int overlap;          /* buckets start as they close */
+    int armed;            /* a backward is being reported */
+    float *g;             /* [n] the gradient buffer of the armed backward (device) */
+    size_t n;
+    size_t cap;           /* floats per bucket (ms_grad_bucket_floats) */
+    size_t lo, hi;        /* the bucket being filled: g[lo, hi), empty when lo == hi */
+    size_t reported;      /* floats reported since arm */
+    grad_bucket *bucket;  /* [n_bucket] closed buckets of this backward, in order */
+    int n_bucket, bucket_cap;
+    int started;          /* of them, started */
+    int failed;           /* a start failed (printed): finish returns -1 */
+    int last_buckets, last_early; /* ms_grad_sync_buckets */
+};
+
+static const char grad_what[] = "the gradient all-reduce";
+
+ms_grad_sync *ms_grad_sync_create(ms_world *w, int overlap) {
+    ms_grad_sync *s = ms_calloc(1, sizeof *s);
+    s->w = w;
+    s->overlap = overlap && w->size > 1 && w->async_buckets;
+    return s;
+}
+
+void ms_grad_sync_destroy(ms_grad_sync *s) {
+    if (!s) return;
+    free(s->bucket);
+    free(s);
+}
+
+int ms_grad_sync_overlaps(const ms_grad_sync *s) { return s->overlap; }
+
+void ms_grad_sync_arm(ms_grad_sync *s, float *g, size_t n) {
+    MS_ASSERT(!s->armed && g && n > 0);
+    s->armed = 1;
+    s->g = g, s->n = n;
+    s->cap = ms_grad_bucket_floats(n);
+    s->lo = s->hi = 0;
+    s->reported = 0;
+    s->n_bucket = s->started = s->failed = 0;
+}
+
+/* Starts the closed buckets not yet started (a world of one has nothing to sum). */
+static void start_buckets(ms_grad_sync *s) {
+    ms_world *w = s->w;
+    for (; s->started < s->n_bucket && !s->failed; s->started++) {
+        const grad_bucket *b = &s->bucket[s->started];
+        if (w->size > 1 && w->ops->bucket_start(w, s->g + b->off, b->n, grad_what)) s->failed = 1;
+    }
+}
+
+/* Closes the bucket being filled. One that grew past cap (a large range came in: one MoE layer
+ * can hold tens of millions of floats) is split into equal pieces of at most cap floats. */
+static void close_bucket(ms_grad_sync *s) {
+    size_t len = s->hi - s->lo, pieces = (len + s->cap - 1) / s->cap;
+    size_t piece = (len + pieces - 1) / pieces;
+    for (size_t off = s->lo; off < s->hi; off += piece) {
+        if (s->n_bucket == s->bucket_cap) {
+            s->bucket_cap = s->bucket_cap ? 2 * s->bucket_cap : 16;
+            grad_bucket *b = realloc(s->bucket, (size_t)s->bucket_cap * sizeof *b);
+            if (!b) ms_fatal("out of memory growing the gradient buckets");
+            s->bucket = b;
+        }
+        size_t n = s->hi - off < piece ? s->hi - off : piece;
+        s->bucket[s->n_bucket++] = (grad_bucket){off, n};
+    }
+    s->lo = s->hi = 0;
+}
+
+void ms_grad_sync_ready(void *ctx, size_t offset, size_t count) {
+    ms_grad_sync *s = ctx;
+    if (!s->armed || count == 0) return;
+    MS_ASSERT(offset <= s->n && count <= s->n - offset);
+    s->reported += count;
+    const size_t end = offset + count;
+    if (s->lo == s->hi) {
+        s->lo = offset, s->hi = end;
+    } else if (end == s->lo) {
+        s->lo = offset; /* the backward runs from the last layers to the first */
+    } else if (offset == s->hi) {
+        s->hi = end;
+    } else {
+        close_bucket(s);
+        s->lo = offset, s->hi = end;
+    }
+    if (s->hi - s->lo >= s->cap) close_bucket(s);
+    if (!s->overlap) return;
+    start_buckets(s);
+    /* MPI moves a non-blocking collective's data only inside MPI calls: every report is one. */
+    if (s->started && !s->failed && s->w->ops->bucket_progress(s->w, grad_what)) s->failed = 1;
+}
+
+static int by_offset(const void *a, const void *b) {
+    size_t x = ((const grad_bucket *)a)->off, y = ((const grad_bucket *)b)->off;
+    return x < y ? -1 : x > y;
+}
+
+/* The reported ranges tile g exactly once: a model whose hook missed or repeated a range would
+ * sum some gradients twice or never. */
+static void check_tiling(const ms_grad_sync *s) {
+    MS_ASSERT(s->reported == s->n);
+    grad_bucket *sorted = ms_malloc((size_t)s->n_bucket * sizeof *sorted);
+    memcpy(sorted, s->bucket, (size_t)s->n_bucket * sizeof *sorted);
+    qsort(sorted, (size_t)s->n_bucket, sizeof *sorted, by_offset);
+    size_t next = 0;
+    for (int i = 0; i < s->n_bucket; i++) {
+        MS_ASSERT(sorted[i].off == next);
+        next += sorted[i].n;
+    }
+    MS_ASSERT(next == s->n);
+    free(sorted);
+}
+
+int ms_grad_sync_finish(ms_grad_sync *s, float scale) {
+    MS_ASSERT(s->armed);
+    ms_world *w = s->w;
+    s->armed = 0;
+    if (s->lo != s->hi) close_bucket(s);
+    check_tiling(s);
+    s->last_buckets = s->n_bucket, s->last_early = s->started;
+    start_buckets(s);
+    if (s->failed) return -1;
+    if (w->size > 1 && w->ops->bucket_wait(w, grad_what)) return -1;
     if (scale != 1.0f) {
         if (w->be) {
-            w->be->scale_f32(w->be, g, scale, n);
+            w->be->scale_f32(w->be, s->g, scale, s->n);
         } else {
-            for (size_t i = 0; i < n; i++) g[i] *= scale;
+            for (size_t i = 0; i < s->n; i++) s->g[i] *= scale;
         }
     }
     return 0;
+}
+
+int ms_grad_sync_buckets(const ms_grad_sync *s, int *started_early) {
+    if (started_early) *started_early = s->last_early;
+    return s->last_buckets;
 }
 
 void ms_world_sum_hook(void *ctx, float *x, size_t n) {

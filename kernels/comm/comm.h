@@ -60,9 +60,19 @@ typedef struct {
     int (*allreduce)(ms_world *w, void *x, size_t n, ms_comm_dtype t, ms_comm_op op,
                      const char *what);
     /* x[n] fp32 SUM in the memory of the world's backend (device pointers), in place, in
-     * buckets of MS_COMM_BUCKET_FLOATS that are all in flight at once, so a large model takes
-     * a few large messages, never one per tensor. */
+     * buckets of MS_COMM_BUCKET_FLOATS that are all in flight at once, so a large array takes
+     * a few large messages. */
     int (*allreduce_dev)(ms_world *w, float *x, size_t n, const char *what);
+    /* The gradient buckets of ms_grad_sync, in three parts so that they can run while the
+     * backward goes on. bucket_start begins the in-place SUM of x[n] (device memory of the
+     * world's backend), whose values are final once the work the backend has queued so far has
+     * run, and returns without waiting for it; bucket_progress lets the started buckets advance
+     * (MPI moves data only inside its calls; NCCL launches the buckets whose inputs are ready);
+     * bucket_wait waits for every bucket started since the last wait. Every rank starts the
+     * same buckets in the same order. */
+    int (*bucket_start)(ms_world *w, float *x, size_t n, const char *what);
+    int (*bucket_progress)(ms_world *w, const char *what);
+    int (*bucket_wait)(ms_world *w, const char *what);
     /* bytes of root's host buffer to every rank. */
     int (*broadcast)(ms_world *w, void *buf, size_t bytes, int root, const char *what);
     /* Ends every rank of the world with `status` as fast as the library can; may return when
@@ -78,6 +88,8 @@ struct ms_world {
     int local_rank;
     double timeout_s;    /* the longest any collective waits */
     ms_backend *be;      /* whose memory allreduce_dev sees (NULL: host memory) */
+    int async_buckets;   /* bucket_start returns without waiting for the device, so buckets
+                          * can start during the backward (not when staged through the host) */
     void *impl;          /* the implementation's state */
 };
 
@@ -113,11 +125,48 @@ static inline int ms_world_broadcast(ms_world *w, void *buf, size_t bytes, int r
     return w->size == 1 || bytes == 0 ? 0 : w->ops->broadcast(w, buf, bytes, root, what);
 }
 
-#define MS_COMM_BUCKET_FLOATS ((size_t)8 << 20) /* 32 MiB of fp32 */
+/* ---- the gradient all-reduce, overlapped with the backward ------------------------------ */
 
-/* The gradient all-reduce: g[n] (device, the flat gradient buffer) = sum over ranks * scale.
- * scale 1 / (world x micro-steps) makes it the mean gradient of the global batch. */
-int ms_world_sum_grads(ms_world *w, float *g, size_t n, float scale);
+/* The flat gradient buffer g[n] (DESIGN.md principle 3) is summed over the ranks in a few
+ * large buckets. During the backward the model reports each range of g as it becomes final
+ * (ms_grad_sync_ready is its grads_ready hook, model/model.h); consecutive ranges that are
+ * adjacent in g are coalesced into the bucket being filled, which closes when it reaches
+ * ms_grad_bucket_floats(n) floats or when a range arrives that does not touch it. With overlap
+ * a bucket's all-reduce starts as soon as it closes, while the backward computes the layers
+ * below; without, the same buckets start after the backward. The buckets depend only on the
+ * order of the ranges, which is the model's, so both ways sum the same bytes in the same
+ * messages and give the same bits. */
+#define MS_COMM_BUCKET_FLOATS ((size_t)8 << 20) /* the largest bucket: 32 MiB of fp32 */
+#define MS_COMM_BUCKETS 4 /* a model smaller than 4 x 32 MiB still gets about 4 buckets */
+
+/* The bucket size for a buffer of n floats: n / MS_COMM_BUCKETS (rounded up), at most
+ * MS_COMM_BUCKET_FLOATS. */
+size_t ms_grad_bucket_floats(size_t n);
+
+typedef struct ms_grad_sync ms_grad_sync;
+
+/* overlap 0 starts every bucket after the backward. A world without async_buckets (a GPU
+ * backend over MPI, staged through host memory) never overlaps: staging a bucket would stop
+ * the host until the device has caught up. */
+ms_grad_sync *ms_grad_sync_create(ms_world *w, int overlap);
+void ms_grad_sync_destroy(ms_grad_sync *s);
+/* 1 when the buckets start during the backward. */
+int ms_grad_sync_overlaps(const ms_grad_sync *s);
+/* Arms s for one backward over the gradient buffer g[n] (the last micro-batch of a step): the
+ * ranges reported from now until ms_grad_sync_finish are summed. Unarmed, reports are ignored,
+ * so the earlier micro-batches of an accumulation only accumulate. */
+void ms_grad_sync_arm(ms_grad_sync *s, float *g, size_t n);
+/* The model's hook (ctx = s): g[offset, offset + count) holds its final value for this
+ * backward once the work queued on the backend so far has run. Never fails: a collective that
+ * cannot start is reported by ms_grad_sync_finish. */
+void ms_grad_sync_ready(void *ctx, size_t offset, size_t count);
+/* After the backward: starts the buckets not yet started, waits for all, and scales g by
+ * `scale` (1 / (world x micro-steps): the mean gradient of the global batch). The ranges must
+ * have covered g exactly once (else an internal error). 0, or -1 after printing what failed;
+ * the caller then stops every rank (ms_world_abort). */
+int ms_grad_sync_finish(ms_grad_sync *s, float scale);
+/* The buckets of the last finish, and how many of them had started before it. */
+int ms_grad_sync_buckets(const ms_grad_sync *s, int *started_early);
 
 /* Sums device floats x[n] over the ranks for the model's MI-statistics hook (ms_sum_fn of
  * model/vit.h, ctx = the world). The hook cannot return an error, so a failure stops every

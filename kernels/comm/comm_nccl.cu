@@ -1,16 +1,17 @@
 /* Collectives over NCCL for the CUDA backend (kernels/comm/comm.h).
  *
- * libnccl is loaded with dlopen when a run asks for NCCL (the soname of the major version this
- * file was compiled against), as kernels/cuda/blas.cu loads cuBLAS: nothing links it, so a
- * CPU-only machine runs the same program. The collectives are queued on the backend's one
- * stream, so they follow the backward that produced the gradients without a host wait; the
- * host then polls, with the world's deadline, the communicator's error state and an event
- * recorded after them. The communicator is non-blocking (ncclConfig_t.blocking = 0): even its
- * creation, which waits for every rank, is polled, so a rank that never arrives ends in a
+ * libnccl is loaded with dlopen when a run asks for NCCL (the soname of the major version this file
+ * was compiled against), as kernels/cuda/blas.cu loads cuBLAS: nothing links it, so a CPU-only
+ * machine runs the same program. The collectives are queued on the backend's one stream, so they
+ * follow the kernels that produced their data without a host wait; the host then polls, with the
+ * world's deadline, the communicator's error state and an event recorded after them. The gradient
+ * buckets are the exception: they run on a side stream, overlapped with the rest of the backward
+ * (see "gradient buckets" below). The communicator is non-blocking (ncclConfig_t.blocking = 0):
+ * even its creation, which waits for every rank, is polled, so a rank that never arrives ends in a
  * message and ncclCommAbort instead of a hang.
  *
- * The unique id travels through MPI when an MPI launcher started the ranks, else through a
- * file that rank 0 writes atomically into the run directory (srun without an MPI plugin):
+ * The unique id travels through MPI when an MPI launcher started the ranks, else through a file
+ * that rank 0 writes atomically into the run directory (srun without an MPI plugin):
  * .nccl-id.<SLURM job.step.restart>, or the path in MODSQUAD_NCCL_ID_FILE.
  *
  * Under the emulator (MS_SIMT) the entry points are the stand-ins of tests/simt/nccl.cc, whose
@@ -92,12 +93,27 @@ static bool nccl_load(char *err, size_t cap) {
     return true;
 }
 
+/* A gradient bucket started during the backward. */
+struct nccl_bucket {
+    float *x;             /* device [n] */
+    size_t n;
+    cudaEvent_t ready;    /* recorded on the backend's stream when the bucket closed */
+};
+
 struct nccl_state {
     ncclComm_t comm;
     cudaEvent_t done;     /* recorded after the collective in flight */
     int phase;            /* 0: NCCL may still be queueing it; 1: queued, event recorded */
+    cudaStream_t wait_stream; /* the stream of the collective in flight, and its event */
+    cudaEvent_t wait_event;
     void *scratch;        /* device [scratch_bytes]: host collectives pass through it */
     size_t scratch_bytes;
+    /* The gradient buckets run on a stream of their own, next to the backward's kernels. */
+    cudaStream_t side;
+    cudaEvent_t side_done;
+    nccl_bucket *bucket;  /* [bucket_cap] started since the last bucket_wait */
+    int n_bucket, bucket_cap;
+    int launched;         /* of them, queued on `side` */
     ms_world *boot;       /* the MPI world that carried the unique id, or NULL */
     ms_world *w;
     const char *what;     /* the collective in flight, for messages */
@@ -120,10 +136,10 @@ static int nccl_failed(const ms_world *w, ncclResult_t r, const char *call, cons
             return nccl_failed((w), ms_r_, #call, __FILE__, __LINE__, (what));                     \
     } while (0)
 
-/* ms_comm_poll's check: 1 when the collective (or the communicator's creation, with the event
- * phase skipped) has completed, 0 while it runs, -1 when NCCL or CUDA reports an error. */
-static int check(void *arg) {
-    nccl_state *s = (nccl_state *)arg;
+/* The communicator's state: 1 when it takes the next call, 0 while NCCL is still queueing
+ * the last one in the background (ncclInProgress: no other NCCL call may be made until it
+ * has), -1 when NCCL reports an error. */
+static int comm_state(nccl_state *s) {
     ncclResult_t async = ncclSuccess;
     ncclResult_t r = g_nccl.get_async_error(s->comm, &async);
     if (r != ncclSuccess)
@@ -131,22 +147,35 @@ static int check(void *arg) {
     if (async == ncclInProgress) return 0;
     if (async != ncclSuccess)
         return nccl_failed(s->w, async, "the NCCL communicator", __FILE__, __LINE__, s->what);
+    return 1;
+}
+
+static int check_queued(void *arg) { return comm_state((nccl_state *)arg); }
+
+/* ms_comm_poll's check: 1 when the collective (or the communicator's creation, with the event
+ * phase skipped) has completed on s->wait_stream, 0 while it runs, -1 when NCCL or CUDA
+ * reports an error. */
+static int check(void *arg) {
+    nccl_state *s = (nccl_state *)arg;
+    int state = comm_state(s);
+    if (state <= 0) return state;
     if (s->phase == 0) {
-        CUDA_CHECK(cudaEventRecord(s->done, cuda_stream(s->w->be)));
+        CUDA_CHECK(cudaEventRecord(s->wait_event, s->wait_stream));
         s->phase = 1;
     }
-    cudaError_t e = cudaEventQuery(s->done);
+    cudaError_t e = cudaEventQuery(s->wait_event);
     if (e == cudaErrorNotReady) return 0;
     CUDA_CHECK(e);
     return 1;
 }
 
-/* Waits for everything queued since the last wait. After a failure the caller stops every
- * rank (ms_world_abort, which aborts the communicator). */
+/* Waits for everything queued on the backend's stream since the last wait. After a failure
+ * the caller stops every rank (ms_world_abort, which aborts the communicator). */
 static int wait_done(ms_world *w, const char *what) {
     nccl_state *s = state_of(w);
     s->phase = 0;
     s->what = what;
+    s->wait_stream = cuda_stream(w->be), s->wait_event = s->done;
     return ms_comm_poll(w, check, s, what);
 }
 
@@ -171,6 +200,73 @@ static int nccl_allreduce_dev(ms_world *w, float *x, size_t n, const char *what)
     }
     NCCL_TRY(w, g_nccl.group_end(), what);
     return wait_done(w, what);
+}
+
+/* ---- gradient buckets ------------------------------------------------------------------------
+ * A bucket closes while the kernels that produce its gradients may still be queued on the
+ * backend's stream. Queued there, its all-reduce would wait for them and then hold up the
+ * kernels behind it: nothing would overlap. It goes on the side stream instead, but only once
+ * the host has seen the event recorded behind those kernels complete, so it never reads a
+ * gradient before its last kernel has written it; the buckets are launched in the order they
+ * started, which is every rank's order. The host looks at each report of the backward and,
+ * once the backward is queued, keeps looking in bucket_wait while the device computes the
+ * remaining layers. What runs on the backend's stream after bucket_wait returns was queued
+ * after the host saw the side stream finish, so it sees the sums. */
+
+/* Launches, in order, the started buckets whose gradients are complete. */
+static int launch_ready(ms_world *w, const char *what) {
+    nccl_state *s = state_of(w);
+    s->what = what;
+    while (s->launched < s->n_bucket) {
+        nccl_bucket *b = &s->bucket[s->launched];
+        cudaError_t e = cudaEventQuery(b->ready);
+        if (e == cudaErrorNotReady) return 0;
+        CUDA_CHECK(e);
+        NCCL_TRY(w, g_nccl.all_reduce(b->x, b->x, b->n, ncclFloat32, ncclSum, s->comm, s->side),
+                 what);
+        s->launched++;
+        /* The next NCCL call waits until NCCL has queued this one. */
+        if (ms_comm_poll(w, check_queued, s, what)) return -1;
+    }
+    return 0;
+}
+
+static int nccl_bucket_start(ms_world *w, float *x, size_t n, const char *what) {
+    nccl_state *s = state_of(w);
+    if (s->n_bucket == s->bucket_cap) {
+        int cap = s->bucket_cap ? 2 * s->bucket_cap : 16;
+        nccl_bucket *b = (nccl_bucket *)realloc(s->bucket, (size_t)cap * sizeof *b);
+        if (!b) ms_fatal("out of memory for %d gradient buckets", cap);
+        for (int i = s->bucket_cap; i < cap; i++)
+            CUDA_CHECK(cudaEventCreateWithFlags(&b[i].ready, cudaEventDisableTiming));
+        s->bucket = b;
+        s->bucket_cap = cap;
+    }
+    nccl_bucket *b = &s->bucket[s->n_bucket++];
+    b->x = x, b->n = n;
+    CUDA_CHECK(cudaEventRecord(b->ready, cuda_stream(w->be)));
+    return launch_ready(w, what);
+}
+
+static int nccl_bucket_progress(ms_world *w, const char *what) { return launch_ready(w, what); }
+
+/* ms_comm_poll's check for bucket_wait: launches the buckets as the backward completes them,
+ * then waits for the side stream. */
+static int check_buckets(void *arg) {
+    nccl_state *s = (nccl_state *)arg;
+    if (launch_ready(s->w, s->what)) return -1;
+    if (s->launched < s->n_bucket) return 0;
+    return check(s);
+}
+
+static int nccl_bucket_wait(ms_world *w, const char *what) {
+    nccl_state *s = state_of(w);
+    s->phase = 0;
+    s->what = what;
+    s->wait_stream = s->side, s->wait_event = s->side_done;
+    int rc = ms_comm_poll(w, check_buckets, s, what);
+    s->n_bucket = s->launched = 0;
+    return rc;
 }
 
 /* Device scratch of at least `bytes` for a host collective (grows to the largest one). */
@@ -220,6 +316,14 @@ static void nccl_abort(ms_world *w, int status) {
     if (s->boot) s->boot->ops->abort(s->boot, status);
 }
 
+static void release_streams(nccl_state *s) {
+    for (int i = 0; i < s->bucket_cap; i++) CUDA_CHECK(cudaEventDestroy(s->bucket[i].ready));
+    free(s->bucket);
+    CUDA_CHECK(cudaEventDestroy(s->side_done));
+    CUDA_CHECK(cudaStreamDestroy(s->side));
+    CUDA_CHECK(cudaEventDestroy(s->done));
+}
+
 static void nccl_close(ms_world *w) {
     nccl_state *s = state_of(w);
     /* A non-blocking communicator finalizes in the background: wait (bounded), then free. */
@@ -231,15 +335,16 @@ static void nccl_close(ms_world *w) {
         sched_yield();
     if (async == ncclSuccess) g_nccl.destroy(s->comm);
     else g_nccl.abort(s->comm);
-    CUDA_CHECK(cudaEventDestroy(s->done));
+    release_streams(s);
     if (s->scratch) w->be->free(w->be, s->scratch);
     if (s->boot) ms_world_close(s->boot);
     free(s);
     free(w);
 }
 
-static const ms_world_ops nccl_ops = {nccl_allreduce, nccl_allreduce_dev, nccl_broadcast,
-                                      nccl_abort, nccl_close};
+static const ms_world_ops nccl_ops = {nccl_allreduce,       nccl_allreduce_dev, nccl_bucket_start,
+                                      nccl_bucket_progress, nccl_bucket_wait,   nccl_broadcast,
+                                      nccl_abort,           nccl_close};
 
 /* ---- the unique id ------------------------------------------------------------------------- */
 
@@ -334,10 +439,13 @@ ms_world *ms_world_nccl(const ms_comm_env *env, ms_backend *be, ms_world *boot,
     w->rank = env->rank, w->size = env->world, w->local_rank = env->local_rank;
     w->timeout_s = timeout_s;
     w->be = be;
+    w->async_buckets = 1;
     w->impl = s;
     s->w = w;
     s->boot = boot;
     CUDA_CHECK(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&s->side_done, cudaEventDisableTiming));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking));
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclResult_t r = g_nccl.init_rank_config(&s->comm, env->world, id, env->rank, &config);
@@ -357,7 +465,7 @@ ms_world *ms_world_nccl(const ms_comm_env *env, ms_backend *be, ms_world *boot,
      * is of no use to a late rank either. */
     if (env->rank == 0 && path[0]) unlink(path);
     if (rc) {
-        CUDA_CHECK(cudaEventDestroy(s->done));
+        release_streams(s);
         s->boot = NULL; /* the caller closes it */
         free(s);
         free(w);

@@ -1,12 +1,13 @@
-/* Data parallelism (issue 7): `modsquad train` started as 2 MPI ranks against 1 process with
- * the same global batch (weights, MI statistics, masked losses, SyncBatchNorm, losses, sharded
- * evaluation), `modsquad eval` (metrics, usage, saved predictions) and `modsquad extract` on 2
- * ranks against 1, a signal that every rank turns into the same checkpoint, ranks that hang or
- * die, and the launcher environment read by kernels/comm.
+/* Data parallelism (issue 7): `modsquad train` started as 2 MPI ranks against 1 process with the
+ * same global batch (weights, MI statistics, masked losses, SyncBatchNorm, losses, sharded
+ * evaluation), the gradient all-reduce overlapped with the backward against after it, `modsquad
+ * eval` (metrics, usage, saved predictions) and `modsquad extract` on 2 ranks against 1, a signal
+ * that every rank turns into the same checkpoint, ranks that hang or die, and the launcher
+ * environment read by kernels/comm.
  *
  * mpirun runs with what a sandbox without a network allows: shared memory only (btl self,vader
- * without the CMA single copy, which needs ptrace rights), more ranks than cores, no binding,
- * root allowed when the tests run as root, one OpenMP thread per rank. */
+ * without the CMA single copy, which needs ptrace rights), more ranks than cores, no binding, root
+ * allowed when the tests run as root, one OpenMP thread per rank. */
 #include <dirent.h>
 #include <math.h>
 #include <signal.h>
@@ -345,6 +346,33 @@ Test(mpi, two_ranks_train_like_one_process) {
     cr_assert(file_has(out, "ranks      2 (mpi)"), "%s does not say it ran on 2 ranks", out);
 }
 
+/* The gradient all-reduce overlapped with the backward (the default: each bucket starts as soon
+ * as the backward has finished its layers) sums the same buckets as the all-reduce after the
+ * backward (MODSQUAD_OVERLAP=0), so the weights and logs are identical, bit for bit. A bucket
+ * started before its gradients were final, or a range summed twice or never, would show here.
+ * Two micro-batches per step: only the last one's backward starts buckets. */
+Test(mpi, overlapped_gradient_all_reduce_changes_no_bit) {
+    const char *extra = "--set train.steps=4 --set train.accum_steps=2 --set eval.max_images=8";
+    cr_assert_eq(train(2, "ovl", extra), 0, "see %s/ovl.out", dir);
+    setenv("MODSQUAD_OVERLAP", "0", 1);
+    int rc = train(2, "seq", extra);
+    setenv("MODSQUAD_OVERLAP", "yes", 1);
+    int bad = train(1, "bad", extra);
+    unsetenv("MODSQUAD_OVERLAP");
+    cr_assert_eq(rc, 0, "see %s/seq.out", dir);
+    char out[512];
+    snprintf(out, sizeof out, "%s/ovl.out", dir);
+    cr_assert(file_has(out, "overlapped with the backward"), "%s did not overlap", out);
+    snprintf(out, sizeof out, "%s/seq.out", dir);
+    cr_assert(file_has(out, "after the backward"), "%s overlapped with MODSQUAD_OVERLAP=0", out);
+    expect_weights("ovl", "seq", 0);
+    expect_logs_close("ovl", "seq", "loss", 0);
+    expect_logs_close("ovl", "seq", "grad_norm", 0);
+    cr_assert_eq(bad, 2, "MODSQUAD_OVERLAP=yes should be a usage error");
+    snprintf(out, sizeof out, "%s/bad.out", dir);
+    cr_assert(file_has(out, "MODSQUAD_OVERLAP must be 0"), "see %s", out);
+}
+
 /* The PASCAL-Context conv head on 2 ranks of 2 images each: its BatchNorm normalises with the
  * global batch's statistics and back-propagates through them (SyncBatchNorm), and the losses
  * average over data-dependent counts (CE ignoring 255 for semseg and human parts, balanced BCE
@@ -500,13 +528,12 @@ Test(mpi, extract_on_two_ranks_equals_one_process) {
     free(jb);
 }
 
-/* SIGUSR1 to mpirun (which forwards it, as srun does) stops every rank at the same step with
- * one checkpoint and status 75; 2 ranks resuming from it end bit-identical to a run that never
- * stopped. */
+/* SIGUSR1 to mpirun (which forwards it, as srun does) stops every rank at the same step S with
+ * one checkpoint and status 75; 2 ranks resuming from it to step S + 3 end bit-identical to a run
+ * of the same schedule that never stopped before S + 3 (--stop-at). The schedule is 100000 steps
+ * long, so the signal always comes before the end, however fast the machine is. */
 Test(mpi, signal_checkpoints_and_every_rank_resumes) {
-    /* 400 steps of a few ms: the signal comes long before the end. */
-    const char *extra = PLAIN_TASKS "--set train.steps=400 --set eval.max_images=8";
-    cr_assert_eq(train(2, "full", extra), 0, "see %s/full.out", dir);
+    const char *extra = PLAIN_TASKS "--set train.steps=100000 --set eval.max_images=8";
     pid_t pid = start(2, "sig", extra);
     wait_first_step("sig");
     kill(pid, SIGUSR1);
@@ -516,10 +543,18 @@ Test(mpi, signal_checkpoints_and_every_rank_resumes) {
     cr_assert_eq(code, 75, "SIGUSR1 should end in 75 (requeue), got %d: see %s/sig.out", code, dir);
     char out[512];
     snprintf(out, sizeof out, "%s/sig.out", dir);
-    cr_assert(file_has(out, "modsquad: stopped by signal 10 after step"), "see %s", out);
-    char extra2[512];
-    snprintf(extra2, sizeof extra2, "%s --resume auto", extra);
+    char *text = slurp(out, NULL);
+    const char *at = strstr(text, "modsquad: stopped by signal");
+    at = at ? strstr(at, " after step ") : NULL;
+    cr_assert(at, "no stop message in %s", out);
+    long stopped = strtol(at + strlen(" after step "), NULL, 10);
+    free(text);
+    cr_assert(stopped >= 1 && stopped < 100000, "stopped after step %ld", stopped);
+    char extra2[768];
+    snprintf(extra2, sizeof extra2, "%s --resume auto --stop-at %ld", extra, stopped + 3);
     cr_assert_eq(train(2, "sig", extra2), 0, "see %s/sig.out", dir);
+    snprintf(extra2, sizeof extra2, "%s --stop-at %ld", extra, stopped + 3);
+    cr_assert_eq(train(2, "full", extra2), 0, "see %s/full.out", dir);
     expect_weights("full", "sig", 0);
 }
 
@@ -659,8 +694,13 @@ Test(comm, one_process_world) {
     cr_assert_eq(ms_world_allreduce(w, x, 3, MS_COMM_F64, MS_COMM_SUM, "a test"), 0);
     cr_assert(x[0] == 1 && x[1] == 2 && x[2] == 3);
     float g[5] = {2, 4, 6, 8, 10};
-    cr_assert_eq(ms_world_sum_grads(w, g, 5, 0.5f), 0);
+    ms_grad_sync *gs = ms_grad_sync_create(w, 1);
+    cr_assert_not(ms_grad_sync_overlaps(gs), "one process has nothing to overlap");
+    ms_grad_sync_arm(gs, g, 5);
+    ms_grad_sync_ready(gs, 0, 5);
+    cr_assert_eq(ms_grad_sync_finish(gs, 0.5f), 0);
     cr_assert(g[0] == 1 && g[4] == 5, "the gradients were not scaled");
+    ms_grad_sync_destroy(gs);
     cr_assert_eq(ms_world_same(w, 42, "a test"), 1);
     ms_world_close(w);
     /* NCCL needs a GPU backend, whatever the build. */
@@ -672,6 +712,44 @@ Test(comm, one_process_world) {
     o.kind = MS_WORLD_NONE;
     cr_assert_null(ms_world_open(&o, &e, NULL, err, sizeof err));
     cr_assert(strstr(err, "run.comm is none"), "%s", err);
+}
+
+/* The gradient buckets: ranges reported in the model's order (the heads at the end of the
+ * buffer, the blocks from the last to the first, the task embedding between the blocks and the
+ * heads, the embeddings at the start) coalesce while they are adjacent, a bucket closes at
+ * ms_grad_bucket_floats (n / 4 here) or when a range does not touch it, and one that grew past
+ * it is split in equal pieces. Reports outside an armed backward change nothing. */
+Test(comm, gradient_buckets_follow_the_backward) {
+    ms_world *w = ms_world_none();
+    const size_t n = 100000, K = 1000;
+    cr_assert_eq(ms_grad_bucket_floats(n), 25 * K);
+    cr_assert_eq(ms_grad_bucket_floats(10), 3);
+    cr_assert_eq(ms_grad_bucket_floats((size_t)1 << 40), MS_COMM_BUCKET_FLOATS);
+    float *g = malloc(n * sizeof *g);
+    for (size_t i = 0; i < n; i++) g[i] = (float)(i % 7);
+    ms_grad_sync *gs = ms_grad_sync_create(w, 0);
+    ms_grad_sync_ready(gs, 0, n); /* not armed: an earlier micro-batch */
+    const size_t ranges[][2] = {{96 * K, 4 * K},  /* heads: alone, the next does not touch it */
+                                {72 * K, 22 * K}, /* block 3 */
+                                {50 * K, 22 * K}, /* block 2: 44 K in all, two buckets of 22 K */
+                                {28 * K, 22 * K}, /* block 1 */
+                                {6 * K, 22 * K},  /* block 0: two more */
+                                {94 * K, 2 * K},  /* the task embedding: alone */
+                                {0, 6 * K}};      /* the embeddings: closed by finish */
+    for (int step = 0; step < 2; step++) {
+        ms_grad_sync_arm(gs, g, n);
+        for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++)
+            ms_grad_sync_ready(gs, ranges[r][0], ranges[r][1]);
+        cr_assert_eq(ms_grad_sync_finish(gs, 2.0f), 0);
+        int early = -1;
+        cr_assert_eq(ms_grad_sync_buckets(gs, &early), 7, "step %d", step);
+        cr_assert_eq(early, 0, "nothing starts early without overlap");
+    }
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(g[i], (float)(i % 7) * 4.0f, "g[%zu] = %g: scaled once per finish", i, g[i]);
+    ms_grad_sync_destroy(gs);
+    free(g);
+    ms_world_close(w);
 }
 
 Test(comm, hash_tells_replicas_apart) {

@@ -83,12 +83,16 @@ Test(train, resume_is_bit_identical, .init = setup, .timeout = 300) {
     cr_assert(found, "the resumed run does not report its checkpoint");
 }
 
+/* SIGTERM after the first logged step: a checkpoint of step S, exit 75, and resuming to S + 3
+ * equals a run of the same schedule stopped at S + 3 (--stop-at). The schedule is 100000 steps
+ * long so that the signal always arrives before the end, however fast the machine is. */
 Test(train, sigterm_checkpoints_and_resumes_exactly, .init = setup, .timeout = 300) {
-    cr_assert_eq(train("full", "--set train.steps=10"), 0);
+    const char *sched = "--set train.steps=100000";
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "exec %s train configs/demo.yaml " TINY "--set data.root=%s --set run.dir=%s --set run.name=sig --set train.steps=10 >%s/sig.out 2>&1",
-             bin(), data, dir, dir);
+             "exec %s train configs/demo.yaml " TINY "--set data.root=%s --set run.dir=%s "
+             "--set run.name=sig %s >%s/sig.out 2>&1",
+             bin(), data, dir, sched, dir);
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
@@ -113,10 +117,24 @@ Test(train, sigterm_checkpoints_and_resumes_exactly, .init = setup, .timeout = 3
     int st;
     waitpid(pid, &st, 0);
     cr_assert(WIFEXITED(st), "the run did not exit cleanly");
-    int code = WEXITSTATUS(st);
-    if (code == 0) return; /* it finished all steps before the signal arrived: nothing to resume */
-    cr_assert_eq(code, 75, "SIGTERM should exit with 75 (requeue), got %d", code);
-    cr_assert_eq(train("sig", "--set train.steps=10 --resume auto"), 0);
+    cr_assert_eq(WEXITSTATUS(st), 75, "SIGTERM should exit with 75 (requeue), got %d",
+                 WEXITSTATUS(st));
+    char out[256], line[1024], extra[256];
+    snprintf(out, sizeof out, "%s/sig.out", dir);
+    FILE *f = fopen(out, "r");
+    cr_assert(f, "no %s", out);
+    long stopped = -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, "modsquad: stopped by signal");
+        at = at ? strstr(at, " after step ") : NULL;
+        if (at) stopped = strtol(at + strlen(" after step "), NULL, 10);
+    }
+    fclose(f);
+    cr_assert(stopped >= 1 && stopped < 100000, "no stop message with its step in %s", out);
+    snprintf(extra, sizeof extra, "%s --resume auto --stop-at %ld", sched, stopped + 3);
+    cr_assert_eq(train("sig", extra), 0);
+    snprintf(extra, sizeof extra, "%s --stop-at %ld", sched, stopped + 3);
+    cr_assert_eq(train("full", extra), 0);
     expect_same_weights("full", "sig");
 }
 

@@ -1,13 +1,15 @@
 /* The NCCL collectives of kernels/comm/comm_nccl.cu, executed against the NCCL stand-in
  * (tests/simt/nccl.cc): two or three ranks are threads of this test process, each with its own
  * emulated GPU and CUDA backend, and they meet as under srun without MPI (the unique id goes
- * through a rendezvous file, the communicator is non-blocking and polled). Checked: the
- * gradient all-reduce in buckets, the MI-statistics hook, host all-reduces, the agreement check
- * and the broadcast against sums computed here in rank order (the stand-in's order, so equal to
- * the bit); and the bounded failures: a rank that never reaches a collective, never joins the
- * communicator or never writes the unique id makes the others stop after the world's timeout
- * with comm.h's message; a rank that aborts makes the others fail at once with NCCL's error;
- * two ranks on one GPU are refused. */
+ * through a rendezvous file, the communicator is non-blocking and polled). Checked: the gradient
+ * all-reduce in buckets, the MI-statistics hook, host all-reduces, the agreement check and the
+ * broadcast against sums computed here in rank order (the stand-in's order, so equal to the bit); a
+ * tiny model's training backward on 2 ranks whose gradient buckets start during the backward (on
+ * the side stream) and sum to exactly what the ranks' own gradients add up to, overlapped or not;
+ * and the bounded failures: a rank that never reaches a collective, never joins the communicator or
+ * never writes the unique id makes the others stop after the world's timeout with comm.h's message;
+ * a rank that aborts makes the others fail at once with NCCL's error; two ranks on one GPU are
+ * refused. */
 #include "harness.h"
 
 #include <fcntl.h>
@@ -17,6 +19,9 @@
 #include <unistd.h>
 
 #include "../../kernels/comm/comm.h"
+#include "../../model/model.h"
+#include "../../model/tasks.h"
+#include "../model/model_fd.h"
 
 /* Emulator controls (tests/simt/simt_runtime.h and simt_nccl.h, C++ only). */
 void simt_set_device_count(int n);
@@ -58,6 +63,11 @@ struct rank_run {
     int64_t host_i64[3];
     int same_yes, same_no;
     unsigned char bcast[BCAST_BYTES];
+    /* the model scenario: gradients [n] of this rank's own batch, and summed over the ranks
+     * with the buckets overlapped with the backward (got) and started after it (got_seq) */
+    const ms_config *cfg;
+    float *own, *got_seq;
+    int buckets, early, buckets_seq, early_seq;
 };
 
 /* A scenario: `world` ranks, each with its own emulated GPU and backend (all on GPU 0 with
@@ -144,23 +154,34 @@ static float *upload(rank_run *r, const float *x, size_t n) {
     return d;
 }
 
+/* The gradient all-reduce of a backward that reported its whole buffer at once. */
+static int sum_grads(ms_world *w, float *d, size_t n, float scale) {
+    ms_grad_sync *gs = ms_grad_sync_create(w, 1);
+    ms_grad_sync_arm(gs, d, n);
+    ms_grad_sync_ready(gs, 0, n);
+    int rc = ms_grad_sync_finish(gs, scale);
+    ms_grad_sync_destroy(gs);
+    return rc;
+}
+
 /* ---- the collectives against direct sums ---------------------------------------------------- */
 
 static void sum_grads_body(rank_run *r) {
     if (!r->w) return;
     float *d = upload(r, r->grads, r->n);
-    r->rc = ms_world_sum_grads(r->w, d, r->n, 1.0f);
+    r->rc = sum_grads(r->w, d, r->n, 1.0f);
     r->be->download(r->be, r->got, d, r->n * sizeof(float));
     r->be->free(r->be, d);
     ms_world_close(r->w);
 }
 
-/* 8M + 5 floats per rank: two buckets in one group, the second of 5 floats. */
+/* 100005 floats per rank in one range: ms_grad_bucket_floats is a quarter of that (rounded up),
+ * so the range goes in 4 equal buckets, each its own all-reduce on the side stream. */
 Test(nccl, gradient_all_reduce_in_buckets, .timeout = 60) {
     scenario s;
     begin(&s, 3, LONG_TIMEOUT_S, 0, sum_grads_body);
     rank_run *r = s.r;
-    size_t n = MS_COMM_BUCKET_FLOATS + 5;
+    size_t n = 100005;
     for (int i = 0; i < 3; i++) {
         float *g = tu_floats(n);
         tu_rng rng = tu_seed(700 + (uint64_t)i);
@@ -180,9 +201,9 @@ Test(nccl, gradient_all_reduce_in_buckets, .timeout = 60) {
     }
     struct simt_nccl_stats st;
     simt_nccl_get_stats(&st);
-    cr_assert_eq(st.collectives, 2, "%lu all-reduces, expected 2 buckets", st.collectives);
-    cr_assert_eq(st.largest, MS_COMM_BUCKET_FLOATS, "largest collective: %zu floats", st.largest);
-    cr_assert_eq(st.groups, 3, "%lu groups, expected one per rank", st.groups);
+    cr_assert_eq(st.collectives, 4, "%lu all-reduces, expected 4 buckets", st.collectives);
+    cr_assert_eq(st.largest, 25002, "largest collective: %zu floats", st.largest);
+    cr_assert_eq(ms_grad_bucket_floats(n), 25002);
     end(&s);
 }
 
@@ -191,7 +212,7 @@ Test(nccl, gradient_all_reduce_in_buckets, .timeout = 60) {
 static void collectives_body(rank_run *r) {
     if (!r->w) return;
     float *d = upload(r, r->grads, r->n);
-    r->rc = ms_world_sum_grads(r->w, d, r->n, 1.0f / 3.0f);
+    r->rc = sum_grads(r->w, d, r->n, 1.0f / 3.0f);
     r->be->download(r->be, r->got, d, r->n * sizeof(float));
     r->be->free(r->be, d);
 
@@ -259,6 +280,114 @@ Test(nccl, collectives_match_direct_sums, .timeout = 60) {
     end(&s);
 }
 
+/* ---- the gradient all-reduce overlapped with a model's backward ------------------------------ */
+
+#define MODEL_B 2 /* images per rank */
+
+/* Rank r's batch: its own images and dense targets (the tiny model's tasks are dense). */
+static void fill_batch(ms_batch *b, const ms_config *cfg, int rank) {
+    tu_rng g = tu_seed(900 + (uint64_t)rank);
+    size_t P = (size_t)b->H * b->W;
+    tu_fill_normal(&g, b->images, (size_t)b->B * 3 * P, 1.0);
+    for (int t = 0; t < b->T; t++) {
+        const ms_task_def *d = ms_task_find(cfg->data.dataset, cfg->data.tasks.name[t]);
+        cr_assert_eq(d->target, MS_TARGET_DENSE, "the scenario fills dense targets only");
+        tu_fill(&g, b->target[t].dense, (size_t)b->B * d->channels * P, -1, 1);
+        for (size_t i = 0; i < (size_t)b->B * P; i++) b->target[t].valid[i] = tu_uniform(&g) < 0.9;
+    }
+    for (int i = 0; i < b->B; i++) b->sample[i] = (int64_t)rank * b->B + i;
+}
+
+/* The model's hook goes to whichever sync the step armed. */
+typedef struct {
+    ms_grad_sync *current;
+} hook_target;
+
+static void forward_hook(void *ctx, size_t offset, size_t count) {
+    hook_target *h = ctx;
+    if (h->current) ms_grad_sync_ready(h->current, offset, count);
+}
+
+/* One training forward and backward of b; with gs, gs armed for it and the gradients summed
+ * over the ranks. The gradients end in out[n]. */
+static void model_step(rank_run *r, ms_model *m, const ms_batch *b, hook_target *hook,
+                       ms_grad_sync *gs, float *out) {
+    hook->current = gs;
+    ms_model_zero_grads(m);
+    ms_model_forward(m, b, 1, 7);
+    if (gs) ms_grad_sync_arm(gs, ms_model_grad_data(m), ms_model_params(m)->total);
+    ms_model_backward(m);
+    if (gs) r->rc |= ms_grad_sync_finish(gs, 1.0f);
+    r->be->download(r->be, out, ms_model_grad_data(m), r->n * sizeof(float));
+}
+
+static void model_body(rank_run *r) {
+    if (!r->w) return;
+    hook_target hook = {NULL};
+    ms_model_opts o = {.batch = MODEL_B, .rank = r->rank, .stats_sum = ms_world_sum_hook,
+                       .stats_ctx = r->w, .world = r->world, .grads_ready = forward_hook,
+                       .grads_ctx = &hook};
+    ms_model *m = ms_model_create(r->cfg, r->be, &o);
+    ms_model_init(m, 11);
+    r->n = ms_model_params(m)->total;
+    r->own = malloc(r->n * sizeof(float));
+    r->got = malloc(r->n * sizeof(float));
+    r->got_seq = malloc(r->n * sizeof(float));
+    int H = r->cfg->data.image_size;
+    ms_batch b;
+    ms_batch_alloc(&b, r->cfg, MODEL_B, H, H);
+    fill_batch(&b, r->cfg, r->rank);
+    ms_grad_sync *overlapped = ms_grad_sync_create(r->w, 1), *after = ms_grad_sync_create(r->w, 0);
+    model_step(r, m, &b, &hook, NULL, r->own);
+    model_step(r, m, &b, &hook, overlapped, r->got);
+    r->buckets = ms_grad_sync_buckets(overlapped, &r->early);
+    model_step(r, m, &b, &hook, after, r->got_seq);
+    r->buckets_seq = ms_grad_sync_buckets(after, &r->early_seq);
+    ms_grad_sync_destroy(overlapped);
+    ms_grad_sync_destroy(after);
+    ms_batch_free(&b);
+    ms_model_destroy(m);
+    ms_world_close(r->w);
+}
+
+/* Two ranks train the tiny model of the model tests (modsquad: task embedding, MoE attention
+ * and MLP, MI statistics summed in the forward) on batches of their own. With overlap the
+ * backward starts most buckets itself (they run on the side stream while it goes on); the sums
+ * equal the ranks' own gradients added in rank order, to the bit, and so do the sums of the
+ * same buckets started after the backward. */
+Test(nccl, overlapped_buckets_sum_a_models_gradients, .timeout = 120) {
+    ms_config cfg;
+    const char *sets[] = {"model.depth=2"};
+    fd_config(&cfg, FD_TINY_YAML, 1, sets);
+    scenario s;
+    begin(&s, 2, LONG_TIMEOUT_S, 0, model_body);
+    rank_run *r = s.r;
+    for (int i = 0; i < 2; i++) r[i].cfg = &cfg;
+    run(&s, 0, 2);
+    size_t n = r[0].n;
+    cr_assert(n > 0 && r[1].n == n);
+    float *want = tu_floats(n);
+    for (size_t k = 0; k < n; k++) want[k] = r[0].own[k] + r[1].own[k];
+    for (int i = 0; i < 2; i++) {
+        cr_assert(r[i].opened, "rank %d: %s", i, r[i].err);
+        cr_assert_eq(r[i].rc, 0, "rank %d: the gradient all-reduce failed", i);
+        cr_assert(r[i].buckets >= 3, "rank %d: %d buckets of %zu floats", i, r[i].buckets, n);
+        cr_assert(r[i].early >= 1 && r[i].early >= r[i].buckets - 1,
+                  "rank %d: %d of %d buckets started during the backward (all but the last "
+                  "should)", i, r[i].early, r[i].buckets);
+        cr_assert(r[i].buckets_seq == r[i].buckets && r[i].early_seq == 0,
+                  "rank %d without overlap: %d buckets, %d started early", i, r[i].buckets_seq,
+                  r[i].early_seq);
+        char what[64];
+        snprintf(what, sizeof what, "rank %d: overlapped sum", i);
+        tu_expect_equal(what, r[i].got, want, n);
+        snprintf(what, sizeof what, "rank %d: sum after the backward", i);
+        tu_expect_equal(what, r[i].got_seq, want, n);
+        free(r[i].own), free(r[i].got), free(r[i].got_seq);
+    }
+    end(&s);
+}
+
 /* ---- bounded failures ------------------------------------------------------------------------ */
 
 /* Ranks 0 and 1 enter the gradient all-reduce; rank 2 joined the communicator but hangs
@@ -268,7 +397,7 @@ static void hung_rank_body(rank_run *r) {
         float g[64] = {0};
         float *d = upload(r, g, 64);
         double t0 = ms_now();
-        r->rc = ms_world_sum_grads(r->w, d, 64, 1.0f);
+        r->rc = sum_grads(r->w, d, 64, 1.0f);
         r->waited = ms_now() - t0;
         r->be->free(r->be, d);
     }
@@ -356,7 +485,7 @@ static void aborting_rank_body(rank_run *r) {
     float g[16] = {0};
     float *d = upload(r, g, 16);
     double t0 = ms_now();
-    r->rc = ms_world_sum_grads(r->w, d, 16, 1.0f);
+    r->rc = sum_grads(r->w, d, 16, 1.0f);
     r->waited = ms_now() - t0;
     r->be->free(r->be, d);
     ms_world_close(r->w);
