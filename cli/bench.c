@@ -1,12 +1,14 @@
-/* modsquad bench [CONFIG] [--steps N] [--json] [--set key=value ...]
+/* modsquad bench [CONFIG] [--steps N] [--warmup N] [--extract TASK] [--threshold PCT] [--json]
+ *               [--set key=value ...]
  *
  * How fast a training step of CONFIG runs on this machine, and how far that is from what the
  * hardware allows (issue 8): the single-precision GEMM peak of this BLAS at this thread count,
  * step time on one in-memory batch and on the real loader, achieved model GFLOP/s against that
  * peak, where the step time goes (a timed copy of the backend, cli/bench_timing.h), peak RSS
  * against the memory plan, and whether the step loop allocates (backend allocations counted by
- * the timed backend, host heap and RSS growth over the measured steps). Nothing here changes the
- * model: it runs the same step API as train. */
+ * the timed backend, host heap and RSS growth over the measured steps); then inference of one
+ * task's extracted model against the full model (cli/bench_infer.h). Nothing here changes the
+ * model: it runs the same step API as train and eval. */
 #include <getopt.h>
 #include <malloc.h>
 #include <math.h>
@@ -19,6 +21,7 @@
 #include "../data/loader.h"
 #include "../kernels/util.h"
 #include "../model/optim.h"
+#include "bench_infer.h"
 #include "bench_timing.h"
 #include "commands.h"
 #include "run.h"
@@ -31,7 +34,8 @@
 #define DEFAULT_CONFIG "configs/demo.yaml"
 
 static void usage(FILE *f) {
-    fputs("Usage: modsquad bench [CONFIG] [--steps N] [--warmup N] [--json] [--set key=value ...]\n\n"
+    fputs("Usage: modsquad bench [CONFIG] [--steps N] [--warmup N] [--extract TASK] [--threshold PCT]\n"
+          "                      [--json] [--set key=value ...]\n\n"
           "Measures training speed for CONFIG (default " DEFAULT_CONFIG "):\n"
           "  - the single-precision GEMM peak of this BLAS and thread count (cblas_sgemm at the\n"
           "    model's GEMM shapes and at 2048^3; the best is the peak);\n"
@@ -40,10 +44,20 @@ static void usage(FILE *f) {
           "  - the share of step time per kind of work (GEMMs, attention, MoE routing, norms and\n"
           "    activations, elementwise, losses, optimizer, memory traffic, data);\n"
           "  - peak RSS against the memory plan of `modsquad info`, and what the measured steps\n"
-          "    allocate (backend allocations, host heap and RSS growth: all 0 when nothing does).\n\n"
+          "    allocate (backend allocations, host heap and RSS growth: all 0 when nothing does);\n"
+          "  - inference of one task: the full model's evaluation forward (every task's pass,\n"
+          "    what a user of the multi-task model runs for that task's predictions) against\n"
+          "    the task's extracted model (expert choice as `modsquad extract`, calibrated on\n"
+          "    the in-memory batch) and against the full model restricted to the task's pass:\n"
+          "    ms/image, images/s, parameters, weight MB, forward GFLOP/image. Top-k routing\n"
+          "    keeps a token's FLOPs the same however many experts a layer stores, so the\n"
+          "    passes skipped are where the time goes; dropped experts save weight memory.\n\n"
           "Options:\n"
-          "  -n, --steps N        measured steps per run (default 10)\n"
-          "  -w, --warmup N       unmeasured steps before them (default 2)\n"
+          "  -n, --steps N        measured steps per run, and inference forwards (default 10)\n"
+          "  -w, --warmup N       unmeasured steps / forwards before them (default 2)\n"
+          "  -x, --extract TASK   the task of the inference line (default: the first of data.tasks)\n"
+          "  -T, --threshold PCT  keep experts used by more than PCT percent of the task's tokens,\n"
+          "                       at least top-k (default: eval.usage_threshold)\n"
           "  -j, --json           print every number as one JSON object instead\n"
           "  -s, --set KEY=VALUE  override a config key (repeatable)\n"
           "  -h, --help           show this help\n",
@@ -245,6 +259,7 @@ typedef struct {
     run_result mem, real;
     double rss_bytes, plan_bytes;
     double rss_base_bytes;      /* resident before the model: program, libraries, data, loader */
+    ms_bench_infer infer;
 } report;
 
 static double gflops(const report *rp, const run_result *r) { return rp->flops_step / r->median_s / 1e9; }
@@ -289,6 +304,7 @@ static void print_text(const report *rp) {
         printf("%-13s %ld backend allocations, host heap %+.0f bytes, RSS %+.1f MB over the %s steps\n",
                i ? "" : "allocation", runs[i]->allocs, runs[i]->heap_growth, runs[i]->rss_growth / 1e6,
                names[i]);
+    ms_bench_infer_print_text(&rp->infer);
 }
 
 static void print_json(const report *rp) {
@@ -325,9 +341,11 @@ static void print_json(const report *rp) {
            rp->rss_bytes / rp->plan_bytes, rp->rss_base_bytes / 1e6,
            (rp->rss_bytes - rp->rss_base_bytes) / rp->plan_bytes);
     for (int i = 0; i < 2; i++)
-        printf(" \"step_allocs_%s\": %ld, \"heap_growth_bytes_%s\": %.0f, \"rss_growth_mb_%s\": %.3f%s",
+        printf(" \"step_allocs_%s\": %ld, \"heap_growth_bytes_%s\": %.0f, \"rss_growth_mb_%s\": %.3f,\n",
                names[i], runs[i]->allocs, names[i], runs[i]->heap_growth, names[i],
-               runs[i]->rss_growth / 1e6, i ? "}\n" : ",\n");
+               runs[i]->rss_growth / 1e6);
+    ms_bench_infer_print_json(&rp->infer);
+    printf(" \"infer_reps\": %d}\n", rp->infer.reps);
 }
 
 static int parse_count(const char *s, int min, const char *opt, int *out) {
@@ -339,9 +357,37 @@ static int parse_count(const char *s, int min, const char *opt, int *out) {
     return 0;
 }
 
+/* "3", "0.5" or "3%": a percentage in [0, 100]. */
+static int parse_percent(const char *s, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end != s && *end == '%') end++;
+    if (end == s || *end || !isfinite(v) || v < 0 || v > 100)
+        return ms_usage_error("bench", "--threshold takes a percentage from 0 to 100, not '%s'", s);
+    *out = v;
+    return 0;
+}
+
+/* The index of the inference line's task (NULL: the first), or -1 after saying which exist. */
+static int inference_task(const ms_config *cfg, const char *name, const char *config) {
+    if (!name) return 0;
+    int t = ms_config_task_index(cfg, name);
+    if (t >= 0) return t;
+    char list[MS_MAX_TASKS * (MS_NAME_MAX + 2)] = "";
+    for (int i = 0; i < cfg->data.tasks.n; i++) {
+        size_t n = strlen(list);
+        snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", cfg->data.tasks.name[i]);
+    }
+    fprintf(stderr, "modsquad: error: --extract %s: not a task of %s; its data.tasks are %s\n", name,
+            config, list);
+    return -1;
+}
+
 int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {{"steps", required_argument, 0, 'n'},
                                          {"warmup", required_argument, 0, 'w'},
+                                         {"extract", required_argument, 0, 'x'},
+                                         {"threshold", required_argument, 0, 'T'},
                                          {"json", no_argument, 0, 'j'},
                                          {"set", required_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},
@@ -349,14 +395,17 @@ int cmd_bench(int argc, char **argv) {
     static report rp;
     memset(&rp, 0, sizeof rp);
     rp.steps = 10, rp.warmup = 2, rp.config = DEFAULT_CONFIG;
-    const char *sets[MAX_SETS];
+    const char *sets[MAX_SETS], *infer_task = NULL;
+    double threshold = -1; /* < 0: eval.usage_threshold */
     int n_sets = 0, c;
     optind = 0;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "n:w:js:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "n:w:x:T:js:h", opts, NULL)) != -1) {
         switch (c) {
         case 'n': if (parse_count(optarg, 1, "--steps", &rp.steps)) return MS_EXIT_USAGE; break;
         case 'w': if (parse_count(optarg, 0, "--warmup", &rp.warmup)) return MS_EXIT_USAGE; break;
+        case 'x': infer_task = optarg; break;
+        case 'T': if (parse_percent(optarg, &threshold)) return MS_EXIT_USAGE; break;
         case 'j': rp.json = 1; break;
         case 's':
             if (n_sets == MAX_SETS) return ms_usage_error("bench", "at most %d --set options", MAX_SETS);
@@ -374,6 +423,9 @@ int cmd_bench(int argc, char **argv) {
     memset(bx, 0, sizeof *bx);
     if (ms_cli_load_config(&bx->cfg, rp.config, n_sets, sets)) return 1;
     ms_config *cfg = &bx->cfg;
+    int infer_t = inference_task(cfg, infer_task, rp.config);
+    if (infer_t < 0) return 1;
+    if (threshold < 0) threshold = cfg->eval.usage_threshold;
     bx->real = ms_cli_open_backend(cfg);
     if (!bx->real) return 1;
     ms_timed_backend_init(&bx->tb, bx->real);
@@ -404,8 +456,7 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "modsquad: error: out of device memory for the optimizer state\n");
         goto out;
     }
-    for (int t = 0; t < rp.T; t++) rp.flops_step += ms_model_flops(bx->model, t);
-    rp.flops_step *= 3.0 * bx->B * bx->accum;
+    rp.flops_step = 3.0 * ms_bench_forward_flops(bx->model, rp.T) * bx->B * bx->accum;
     rp.plan_bytes = (double)ms_model_memory(bx->model).total;
 
     /* In memory: one batch read once and reused, so no step waits for data. */
@@ -419,6 +470,12 @@ int cmd_bench(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     rp.rss_bytes = (double)ru.ru_maxrss * 1024.0; /* Linux reports KiB */
+
+    /* Inference after the peak RSS was read: the two single-task models it builds are not
+     * part of the training step's memory. */
+    if (ms_bench_infer_run(bx->model, cfg, &bx->tb.be, batch, infer_t, threshold, rp.warmup,
+                           rp.steps, &rp.infer))
+        goto out;
 
     /* The GEMM peak last, so its large buffers do not count in the step's peak RSS. */
     rp.n_shapes = model_shapes(rp.shapes, cfg, bx->B, ms_vit_tokens_per_image(ms_model_backbone(bx->model)));

@@ -43,6 +43,17 @@ typedef enum {
     MS_PATCH_HWC = 1, /* (ky, kx, c): MAE-style un-patchify of a per-token Linear(D -> p*p*C) */
 } ms_patch_order;
 
+/* conv2d's scratch (col_ws) is the im2col of one tile of whole output rows, reused tile after
+ * tile: Ci*k*k * ms_conv_tile_rows(H, W) * W activations when k > 1. A tile covers at least
+ * MS_CONV_TILE_COLS output pixels (at most the whole image), so the GEMMs stay as wide as a
+ * whole image's while the scratch stays small: 19 MB instead of 600 MB at the PASCAL head's
+ * 256x256 layers (kernels/cpu/conv.c). Callers size col_ws with this, backends tile with it. */
+#define MS_CONV_TILE_COLS 2048
+static inline int ms_conv_tile_rows(int H, int W) {
+    int rows = (MS_CONV_TILE_COLS + W - 1) / W;
+    return rows < H ? rows : H;
+}
+
 typedef struct ms_backend ms_backend;
 
 struct ms_backend {
@@ -281,7 +292,9 @@ struct ms_backend {
 
     /* ---- convolution head ---------------------------------------------------------------- */
     /* Stride 1, zero padding k/2, k odd. x[B, Ci, H, W], w[Co, Ci, k, k], b[Co] (NULL: none),
-     * y[B, Co, H, W]. col_ws: scratch of Ci*k*k*H*W activations (im2col of one image). */
+     * y[B, Co, H, W]. col_ws: scratch of Ci*k*k * ms_conv_tile_rows(H, W) * W activations
+     * (the im2col of one tile of output rows, reused tile after tile and, in the backward, for
+     * the tile's dcol); NULL allowed when k == 1. */
     void (*conv2d)(ms_backend *be, ms_act *y, const ms_act *x, const float *w, const float *b,
                    int B, int Ci, int H, int W, int Co, int k, ms_act *col_ws);
     void (*conv2d_bwd)(ms_backend *be, ms_act *dx, float *dw, float *db, const ms_act *dy,

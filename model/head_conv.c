@@ -106,7 +106,8 @@ void head_conv_create(ms_heads *h, int t, ms_param_table *pt) {
         if (L->up) head_grow(&h->grad_n, B * L->co * 4 * P);
         if (L->bn) head_grow(&h->sync_n, 2 * (size_t)L->co); /* SyncBatchNorm's exchanges */
         if (L->bn) head_grow(&h->tmp_n, B * L->co * P); /* BatchNorm output before the ReLU */
-        if (L->k > 1) head_grow(&h->col_n, (size_t)fan_in * P);
+        /* conv2d's im2col scratch: one tile of output rows (kernels/backend.h) */
+        if (L->k > 1) head_grow(&h->col_n, (size_t)fan_in * ms_conv_tile_rows(hh, ww) * ww);
         if (L->up) hh *= 2, ww *= 2;
         ci = L->co;
     }

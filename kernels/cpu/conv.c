@@ -14,19 +14,12 @@
 
 /* ---- conv2d ----------------------------------------------------------------------------- */
 
-/* A k > 1 convolution runs as GEMMs over tiles of whole output rows: the im2col of one tile,
+/* A k > 1 convolution runs as GEMMs over tiles of whole output rows (ms_conv_tile_rows,
+ * kernels/backend.h, which is also how callers size col_ws): the im2col of one tile,
  * col[Ci*k*k, rows*W], instead of one image's [Ci*k*k, H*W]. At the last layers of the
  * PASCAL-Context head (256 channels, 256x256 pixels) a whole image's im2col is 600 MB; a tile
- * is 19 MB there, and the GEMMs stay wide (Co x Ci*k*k x >= CONV_TILE_COLS columns): 1024
- * columns were ~5% slower at that layer, 2048 and 4096 as fast as whole images. The tile depends
- * on W only, so a caller can size its scratch from conv_tile_rows. */
-#define CONV_TILE_COLS 2048
-
-/* Output rows per tile: enough whole rows for CONV_TILE_COLS pixels, at most the image. */
-static int conv_tile_rows(int H, int W) {
-    int rows = (CONV_TILE_COLS + W - 1) / W;
-    return rows < H ? rows : H;
-}
+ * is 19 MB there, and the GEMMs stay wide (Co x Ci*k*k x >= MS_CONV_TILE_COLS columns): 1024
+ * columns were ~5% slower at that layer, 2048 and 4096 as fast as whole images. */
 
 /* col[Ci*k*k, (r1-r0)*W] (row (ci, ky, kx), column (oy - r0, ox)) =
  * x[ci, oy + ky - k/2, ox + kx - k/2] for output rows oy in [r0, r1), zero outside the image;
@@ -91,7 +84,7 @@ static void cpu_conv2d(ms_backend *be, ms_act *y, const ms_act *x, const float *
                        const float *b, int B, int Ci, int H, int W, int Co, int k,
                        ms_act *col_ws) {
     (void)be;
-    const int CKK = Ci * k * k, tile = k == 1 ? H : conv_tile_rows(H, W);
+    const int CKK = Ci * k * k, tile = k == 1 ? H : ms_conv_tile_rows(H, W);
     const size_t P = (size_t)H * W;
     float *col = F(col_ws); /* [Ci*k*k, tile*W] */
     for (int bi = 0; bi < B; bi++) {
@@ -155,7 +148,7 @@ static void cpu_conv2d_bwd(ms_backend *be, ms_act *dx, float *dw, float *db, con
         }
         return;
     }
-    const int tile = conv_tile_rows(H, W);
+    const int tile = ms_conv_tile_rows(H, W);
     float *col = F(col_ws); /* [Ci*k*k, tile*W]: im2col of the tile, then its dcol */
     for (int bi = 0; bi < B; bi++) {
         const float *xb = CF(x) + (size_t)bi * Ci * P;    /* [Ci, P] */

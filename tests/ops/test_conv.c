@@ -104,7 +104,7 @@ static const conv_shape conv_shapes[] = {
     {2, 2, 6, 5, 3, 5},  /* k = 5 (any odd k) */
     {2, 2, 2, 3, 2, 5},  /* k = 5 larger than the image */
     {2, 16, 13, 17, 8, 3}, /* large enough for threaded im2col / col2im */
-    {2, 2, 60, 40, 3, 3},  /* row tiles of 52 + 8 rows (CONV_TILE_COLS 2048 / W 40) */
+    {2, 2, 60, 40, 3, 3},  /* row tiles of 52 + 8 rows (MS_CONV_TILE_COLS 2048 / W 40) */
     {1, 3, 9, 600, 2, 5},  /* k = 5 over tiles of 4 + 4 + 1 rows: taps cross tile edges */
 };
 #define N_CONV_SHAPES (sizeof conv_shapes / sizeof conv_shapes[0])
@@ -202,13 +202,6 @@ Test(conv, backward_skips_null_dx_and_db) {
     }
 }
 
-/* Output rows per im2col tile, as kernels/cpu/conv.c tiles a k > 1 convolution: whole rows
- * covering at least 2048 pixels (CONV_TILE_COLS), at most the image. */
-static int tile_rows(int H, int W) {
-    int rows = (2048 + W - 1) / W;
-    return rows < H ? rows : H;
-}
-
 Test(conv, scratch_of_one_row_tile_suffices) {
     /* col_ws of one tile (not one image) followed by canaries: the forward and backward must
      * stay inside it and still match the full-scratch results bit for bit. */
@@ -216,7 +209,7 @@ Test(conv, scratch_of_one_row_tile_suffices) {
     conv_shape s = {2, 4, 100, 64, 5, 3}; /* tiles of 32 rows: 32 + 32 + 32 + 4 */
     conv_case c = conv_make(&r, s, 1);
     const size_t nx = conv_nx(s), ny = conv_ny(s), nw = conv_nw(s);
-    const size_t ntile = (size_t)s.Ci * s.k * s.k * tile_rows(s.H, s.W) * s.W, guard = 4096;
+    const size_t ntile = (size_t)s.Ci * s.k * s.k * ms_conv_tile_rows(s.H, s.W) * s.W, guard = 4096;
     cr_assert(ntile * 3 < conv_ncol(s), "the shape must need several tiles");
     float *col = tu_floats(ntile + guard), *dy = tu_floats(ny);
     for (size_t i = 0; i < guard; i++) col[ntile + i] = 1234.5f;
