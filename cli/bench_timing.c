@@ -140,6 +140,10 @@ SHIM(MS_CAT_MOE, combine_bwd,
      (ms_act *dyd, float *dgate, const ms_act *dy, const ms_act *yd, const float *gate,
       const int32_t *inv, int M, int K, int D),
      dyd, dgate, dy, yd, gate, inv, M, K, D)
+SHIM(MS_CAT_MOE, expert_gate_bwd,
+     (float *dgate, ms_act *du, ms_act *dyd, const ms_act *h, const float *b, const float *gate,
+      const int32_t *idx, const int32_t *inv, int M, int K, int H, int D),
+     dgate, du, dyd, h, b, gate, idx, inv, M, K, H, D)
 SHIM(MS_CAT_GEMM, expert_linear,
      (ms_act *y, const ms_act *x, const float *w, const float *b, const int32_t *offh, int E, int I,
       int O),
@@ -255,7 +259,7 @@ void ms_timed_backend_init(ms_timed_backend *tb, ms_backend *real) {
     WRAP(gelu_bwd); WRAP(softmax); WRAP(softmax_bwd);
     WRAP(attention); WRAP(attention_bwd); WRAP(mq_attention); WRAP(mq_attention_bwd);
     WRAP(route); WRAP(route_bwd); WRAP(dispatch_plan); WRAP(remap_experts); WRAP(gather_rows);
-    WRAP(combine); WRAP(combine_bwd); WRAP(expert_linear); WRAP(expert_linear_bwd);
+    WRAP(combine); WRAP(combine_bwd); WRAP(expert_gate_bwd); WRAP(expert_linear); WRAP(expert_linear_bwd);
     WRAP(mi_accumulate); WRAP(mi_loss); WRAP(noisy_logits); WRAP(noisy_logits_bwd); WRAP(balance_loss);
     WRAP(balance_loss_bwd); WRAP(router_task_bias); WRAP(router_task_bias_bwd);
     WRAP(loss_l1); WRAP(loss_l1_bwd); WRAP(loss_mse); WRAP(loss_mse_bwd); WRAP(loss_cosine);

@@ -193,6 +193,18 @@ struct ms_backend {
     void (*combine_bwd)(ms_backend *be, ms_act *dyd, float *dgate, const ms_act *dy,
                         const ms_act *yd, const float *gate, const int32_t *inv, int M, int K,
                         int D);
+    /* The gate gradient of combine WITHOUT the expert outputs yd (the backward keeps no yd, and
+     * recomputing it would cost an expert GEMM). When yd[r] = h[r] W_e + b_e is an expert
+     * linear and u[r] = dy[m] W_e^T is the ungated row pushed back through W_e:
+     *   dgate[m, j] = dy[m] . yd[r] = u[r] . h[r] + dy[m] . b_e,  r = inv[m*K+j], e = idx[m*K+j];
+     * then the gates are applied in place: du[r, :] = gate[m, j] * u[r, :] (the gradient of h)
+     * and dyd[r, :] = gate[m, j] * dy[m, :] (the rows the weight gradient needs).
+     * du[R, H]: in u, out gated. dyd[R, D]: in dy in dispatch order (combine_bwd with gate
+     * NULL), out gated. h[R, H]; b[E, D] (NULL: no bias term); idx[M, K] the experts the
+     * dispatch plan grouped by; dgate[M, K] written. */
+    void (*expert_gate_bwd)(ms_backend *be, float *dgate, ms_act *du, ms_act *dyd,
+                            const ms_act *h, const float *b, const float *gate,
+                            const int32_t *idx, const int32_t *inv, int M, int K, int H, int D);
     /* Grouped expert linear over expert-contiguous rows: for expert e, rows
      * offsets_host[e] .. offsets_host[e+1]-1 of x[R, I] times w[e] (I, O) (+ b[e] (O)) into y.
      * Experts with no rows are skipped. w[E, I, O] (MS_W_IN_OUT), b[E, O] may be NULL. */

@@ -9,8 +9,9 @@
  * the MoE attention ("mixture of attention heads") gives each token K query heads, one per
  * selected expert (q = x Wq[e], no bias), over ONE shared key/value head (kv_proj, with bias):
  *     y = sum_j gate_j * (softmax(q_j K^T / sqrt(hd)) V) Wo[e_j].
- * Tensors in dispatch (expert) order that are K times the size of the token stream (the
- * gathered inputs and the expert outputs) are recomputed in the backward, not kept.
+ * Tensors in dispatch (expert) order that are K times the size of the token stream are not
+ * kept: the backward gathers the inputs again and, for the MLP, reapplies GELU; the expert
+ * outputs it does without (output_experts_bwd).
  *
  * A layer of a model extracted for one task (model.kept_experts, model/extract.h) stores only
  * the kept experts but routes over all E exactly as the full model; the pairs that select a
@@ -278,23 +279,41 @@ void moe_forward(ms_vit *v, moe_layer *l, int p, const ms_act *xn, ms_act *y) {
     be->combine(be, y, yd, s->gate, s->inv, M, K, D);
 }
 
+/* Backward of the output experts and the gated combine, y[m] = sum_j g_j (h[r] W_e + b_e):
+ * dh[R, Hx] (gated), the gate gradient v->s.dgate[M, K], and the weight gradients, from
+ * dy[M, D] and the experts' inputs h[R, Hx] (act or od), through the scratch dyd[R, D].
+ * The gate gradient dy[m] . yd[r] would need the expert outputs yd, which are not kept; with
+ * u[r] = dy[m] W_e^T (the ungated row through W_e) it is u[r] . h[r] + dy[m] . b_e, and u is
+ * what dh needs anyway. So: ungated rows, u in the dx GEMM, then expert_gate_bwd gives dgate
+ * and applies the gates to u (= dh) and to the rows (for dW, which needs the gated rows), then
+ * the dW GEMM. Two GEMMs, as many as the backward of one expert linear; the gates are
+ * multiplied in, never divided out (router_eps may be 0, and a gate can underflow to 0). */
+static void output_experts_bwd(ms_vit *v, moe_layer *l, int p, const ms_act *dy, ms_act *dyd,
+                               ms_act *dh, const ms_act *h) {
+    ms_backend *be = v->be;
+    moe_pass *s = &l->pass[p];
+    int M = v->M, D = v->D, E = l->E, K = l->K, Hx = l->hidden;
+    const float *b_out = l->b_out >= 0 ? vp(v, l->b_out) : NULL;
+    float *db_out = l->b_out >= 0 ? vg(v, l->b_out) : NULL;
+    be->combine_bwd(be, dyd, NULL, dy, NULL, NULL, s->inv, M, K, D);
+    be->expert_linear_bwd(be, dh, NULL, NULL, dyd, h, vp(v, l->w_out), s->offsets_host, E, Hx, D);
+    be->expert_gate_bwd(be, v->s.dgate, dh, dyd, h, b_out, s->gate, s->idx, s->inv, M, K, Hx, D);
+    be->expert_linear_bwd(be, NULL, vg(v, l->w_out), db_out, dyd, h, vp(v, l->w_out),
+                          s->offsets_host, E, Hx, D);
+}
+
 void moe_backward(ms_vit *v, moe_layer *l, int p, const ms_act *xn, const ms_act *dy,
                   ms_act *dxn) {
     ms_backend *be = v->be;
     moe_pass *s = &l->pass[p];
     int M = v->M, D = v->D, E = l->E, K = l->K, R = M * K, Hx = l->hidden;
     MS_ASSERT(!l->extracted); /* ms_model_forward refuses to train an extracted model */
-    ms_act *xg = v->s.rd[0], *yd = v->s.rd[1], *dyd = v->s.rd[2]; /* [R, D] */
-    ms_act *dxg = yd; /* expert outputs are dead once the gate gradient is known */
+    ms_act *xg = v->s.rd[0], *dxg = v->s.rd[1], *dyd = v->s.rd[2]; /* [R, D] */
     be->gather_rows(be, xg, xn, s->perm, K, R, D);
     if (l->kind == MOE_MLP) {
         ms_act *act = v->s.hid[0], *dact = v->s.hid[1]; /* [R, Hx] */
         be->gelu(be, act, s->h, (size_t)R * Hx);
-        be->expert_linear(be, yd, act, vp(v, l->w_out), vp(v, l->b_out), s->offsets_host, E, Hx,
-                          D);
-        be->combine_bwd(be, dyd, v->s.dgate, dy, yd, s->gate, s->inv, M, K, D);
-        be->expert_linear_bwd(be, dact, vg(v, l->w_out), vg(v, l->b_out), dyd, act,
-                              vp(v, l->w_out), s->offsets_host, E, Hx, D);
+        output_experts_bwd(v, l, p, dy, dyd, dact, act);
         be->gelu_bwd(be, dact, dact, s->h, (size_t)R * Hx);
         be->expert_linear_bwd(be, dxg, vg(v, l->w_in), vg(v, l->b_in), dact, xg, vp(v, l->w_in),
                               s->offsets_host, E, D, Hx);
@@ -303,10 +322,7 @@ void moe_backward(ms_vit *v, moe_layer *l, int p, const ms_act *xn, const ms_act
         ms_act *dod = v->s.rh[0], *dotok = v->s.rh[1], *dq = v->s.rh[2]; /* [R, hd] */
         ms_act *dqd = dod;
         float scale = 1.0f / sqrtf((float)Hx);
-        be->expert_linear(be, yd, s->od, vp(v, l->w_out), NULL, s->offsets_host, E, Hx, D);
-        be->combine_bwd(be, dyd, v->s.dgate, dy, yd, s->gate, s->inv, M, K, D);
-        be->expert_linear_bwd(be, dod, vg(v, l->w_out), NULL, dyd, s->od, vp(v, l->w_out),
-                              s->offsets_host, E, Hx, D);
+        output_experts_bwd(v, l, p, dy, dyd, dod, s->od);
         be->gather_rows(be, dotok, dod, s->inv, 1, R, Hx);
         be->mq_attention_bwd(be, dq, v->s.dkv, v->s.datt, dotok, s->q, s->kv, s->att, v->B, v->N,
                              K, Hx, scale);

@@ -37,8 +37,9 @@ typedef struct {
 typedef enum { MOE_ATTN, MOE_MLP } moe_kind;
 
 /* What one task pass through a MoE layer keeps for the backward. Tokens in expert order
- * (gathered x) and expert outputs are recomputed in the backward instead of kept: they are K
- * times the size of the token stream. */
+ * (gathered x) are recomputed in the backward instead of kept (K times the size of the token
+ * stream); the expert outputs are not needed at all (expert_gate_bwd forms the gate gradient
+ * without them). */
 typedef struct {
     ms_act *logits2;  /* [M, 2E] router Linear output (noisy gating only, else NULL) */
     float *noise;     /* [M, E] N(0, 1) draws (noisy gating only) */

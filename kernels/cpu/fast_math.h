@@ -66,17 +66,24 @@ static inline void softmax_row(float *y, const float *x, int n) {
     for (int j = 0; j < n; j++) y[j] *= inv;
 }
 
+/* a[n] . b[n]: float partial sums over blocks of ROW_SUM_BLOCK values (vector lanes, a fixed
+ * order) added in double, as the softmax rows below: near one float rounding for any
+ * n, at vector speed (a double accumulator would not vectorise). */
+static inline double dot_blocks(const float *a, const float *b, int n) {
+    double sum = 0.0;
+    for (int i0 = 0; i0 < n; i0 += ROW_SUM_BLOCK) {
+        const int i1 = n - i0 < ROW_SUM_BLOCK ? n : i0 + ROW_SUM_BLOCK;
+        float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+        for (int i = i0; i < i1; i++) part += a[i] * b[i];
+        sum += part;
+    }
+    return sum;
+}
+
 /* dx[n] = y (dy - sum_j dy_j y_j): the softmax Jacobian applied to dy (dx may alias dy). */
 static inline void softmax_row_bwd(float *dx, const float *dy, const float *y, int n) {
-    double dot = 0;
-    for (int j0 = 0; j0 < n; j0 += ROW_SUM_BLOCK) {
-        const int j1 = n - j0 < ROW_SUM_BLOCK ? n : j0 + ROW_SUM_BLOCK;
-        float part = 0;
-#pragma omp simd reduction(+ : part)
-        for (int j = j0; j < j1; j++) part += dy[j] * y[j];
-        dot += part;
-    }
-    float d = (float)dot;
+    float d = (float)dot_blocks(dy, y, n);
 #pragma omp simd
     for (int j = 0; j < n; j++) dx[j] = y[j] * (dy[j] - d);
 }

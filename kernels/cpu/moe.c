@@ -45,6 +45,7 @@
  * the row order, and with it every GEMM's summation order, is fixed.
  */
 #include "cpu.h"
+#include "fast_math.h"
 #include "../util.h"
 
 #include <cblas.h>
@@ -226,6 +227,33 @@ static void cpu_combine_bwd(ms_backend *be, ms_act *dyd, float *dgate, const ms_
                 for (int d = 0; d < D; d++) acc += (double)go[d] * row[d];
                 dgate[p] = (float)acc;
             }
+        }
+    }
+}
+
+/* Each token owns its K rows (inv is a permutation): no two threads touch one row or one
+ * dgate entry. The dots read a row before it is scaled, so one pass per row does both. */
+static void cpu_expert_gate_bwd(ms_backend *be, float *dgate, ms_act *du, ms_act *dyd,
+                                const ms_act *h, const float *b, const float *gate,
+                                const int32_t *idx, const int32_t *inv, int M, int K, int H,
+                                int D) {
+    (void)be;
+    float *u = F(du), *g_out = F(dyd); /* [R, H], [R, D] */
+    const float *hin = CF(h);          /* [R, H] */
+    long work = (long)M * K * (H + D);
+#pragma omp parallel for schedule(static) if (work >= CPU_PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        for (int j = 0; j < K; j++) {
+            size_t p = (size_t)m * K + j, r = (size_t)inv[p];
+            float *ur = u + r * H, *dr = g_out + r * D;
+            double acc = dot_blocks(ur, hin + r * H, H);
+            if (b) acc += dot_blocks(dr, b + (size_t)idx[p] * D, D);
+            dgate[p] = (float)acc;
+            const float g = gate[p];
+#pragma omp simd
+            for (int i = 0; i < H; i++) ur[i] *= g;
+#pragma omp simd
+            for (int d = 0; d < D; d++) dr[d] *= g;
         }
     }
 }
@@ -516,6 +544,7 @@ void cpu_register_moe(ms_backend *be) {
     be->gather_rows = cpu_gather_rows;
     be->combine = cpu_combine;
     be->combine_bwd = cpu_combine_bwd;
+    be->expert_gate_bwd = cpu_expert_gate_bwd;
     be->expert_linear = cpu_expert_linear;
     be->expert_linear_bwd = cpu_expert_linear_bwd;
     be->mi_accumulate = cpu_mi_accumulate;

@@ -19,8 +19,8 @@
  *    offsets go to offsets_host with one device-to-host copy and a stream synchronisation,
  *    because the per-expert GEMM sizes are host arguments of cuBLAS (linear.cu).
  *  - remap_experts: one thread per pair, a table lookup (extracted models).
- *  - combine / combine_bwd: a block per token reads or writes its K rows; no two tokens share
- *    an output, so there are no atomics and sums follow the CPU's j order.
+ *  - combine / combine_bwd / expert_gate_bwd: a block per token reads or writes its K rows; no
+ *    two tokens share an output, so there are no atomics and sums follow the CPU's j order.
  *  - mi_accumulate / mi_loss: block reductions in double in a fixed order; mi_loss is one block
  *    (T x E is tens by tens) that follows the CPU's formulas term for term. */
 #include "cuda_common.h"
@@ -400,6 +400,53 @@ static void cuda_combine_bwd(ms_backend *be, ms_act *dyd, float *dgate, const ms
         ACT_DISPATCH(be, combine_bwd_t, be, dyd, dgate, dy, yd, gate, inv, M, K, D);
 }
 
+/* Block m, warp w takes slots j = w, w + 4, ...: dgate[m*K + j] = du[r] . h[r] + dyd[r] . b[e]
+ * reduced over the lanes in double, each lane scaling by the gate the elements it has just read
+ * (the same lane reads and writes an element, so no synchronisation is needed). */
+template <typename T>
+__global__ void __launch_bounds__(ROW_THREADS)
+    expert_gate_bwd_kernel(float *dgate, T *du, T *dyd, const T *h, const float *b,
+                           const float *gate, const int32_t *idx, const int32_t *inv, int K, int H,
+                           int D) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    size_t m = blockIdx.x;
+    for (int j = warp; j < K; j += ROW_THREADS / 32) {
+        size_t p = m * K + j;
+        size_t r = (size_t)inv[p];
+        float g = gate[p];
+        double acc = 0.0;
+        for (int i = lane; i < H; i += 32) {
+            float v = ld(du[r * H + i]);
+            acc += (double)v * ld(h[r * H + i]);
+            st(&du[r * H + i], g * v);
+        }
+        const float *be_row = b ? b + (size_t)idx[p] * D : NULL;
+        for (int d = lane; d < D; d += 32) {
+            float v = ld(dyd[r * D + d]);
+            if (be_row) acc += (double)v * be_row[d];
+            st(&dyd[r * D + d], g * v);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) dgate[p] = (float)acc;
+    }
+}
+
+template <typename T>
+static void expert_gate_bwd_t(ms_backend *be, float *dgate, ms_act *du, ms_act *dyd,
+                              const ms_act *h, const float *b, const float *gate,
+                              const int32_t *idx, const int32_t *inv, int M, int K, int H, int D) {
+    MS_LAUNCH(expert_gate_bwd_kernel<T>, M, ROW_THREADS, 0, cuda_stream(be), dgate, (T *)du,
+              (T *)dyd, (const T *)h, b, gate, idx, inv, K, H, D);
+}
+
+static void cuda_expert_gate_bwd(ms_backend *be, float *dgate, ms_act *du, ms_act *dyd,
+                                 const ms_act *h, const float *b, const float *gate,
+                                 const int32_t *idx, const int32_t *inv, int M, int K, int H,
+                                 int D) {
+    if (M > 0 && K > 0)
+        ACT_DISPATCH(be, expert_gate_bwd_t, be, dgate, du, dyd, h, b, gate, idx, inv, M, K, H, D);
+}
+
 /* ---- mutual-information statistics and loss -------------------------------------------------- */
 
 /* Block e: A_row[e] += sum_m (probs[m, e] + eps), freq[e] += #{p : idx[p] == e}. */
@@ -507,6 +554,7 @@ void cuda_register_moe(ms_backend *be) {
     be->gather_rows = cuda_gather_rows;
     be->combine = cuda_combine;
     be->combine_bwd = cuda_combine_bwd;
+    be->expert_gate_bwd = cuda_expert_gate_bwd;
     be->mi_accumulate = cuda_mi_accumulate;
     be->mi_loss = cuda_mi_loss;
 }

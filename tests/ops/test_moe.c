@@ -599,6 +599,160 @@ Test(moe, round_trip_matches_per_token_sum) {
     tu_expect_close("round trip", y, want, M * O, 1e-5);
 }
 
+/* ---- gate gradient without the expert outputs ------------------------------------------------ */
+
+/* The output experts and the gated combine as the model's backward runs them: y[m] = sum_j
+ * gate[m, j] (h[r] W_e + b_e), r = inv[m*K + j], e = idx[m*K + j]. */
+typedef struct {
+    int M, K, E, H, D;
+    const int32_t *idx, *inv;
+    double *h, *w, *b, *gate, *wy; /* [R, H], [E, H, D], [E, D] (may be NULL), [M, K], [M, D] */
+} gate_ctx;
+
+/* dy[m] . (h[r] W_e + b_e): the gate gradient the op must give, straight from its definition. */
+static double ref_gate_grad(const gate_ctx *c, int m, int j) {
+    size_t p = (size_t)m * c->K + j, r = (size_t)c->inv[p], e = (size_t)c->idx[p];
+    double s = 0;
+    for (int d = 0; d < c->D; d++) {
+        double yd = c->b ? c->b[e * c->D + d] : 0;
+        for (int i = 0; i < c->H; i++) yd += c->h[r * c->H + i] * c->w[(e * c->H + i) * c->D + d];
+        s += c->wy[(size_t)m * c->D + d] * yd;
+    }
+    return s;
+}
+
+static double gate_objective(void *vctx, const double *x) {
+    (void)x; /* the perturbed array is one of the context's own */
+    gate_ctx *c = vctx;
+    double L = 0;
+    for (int m = 0; m < c->M; m++)
+        for (int j = 0; j < c->K; j++) L += c->gate[m * c->K + j] * ref_gate_grad(c, m, j);
+    return L;
+}
+
+/* The model's sequence (model/moe_layer.c, output_experts_bwd): ungated rows, u in the dx GEMM,
+ * expert_gate_bwd, the dW GEMM; every gradient against finite differences of the objective
+ * sum(dy .* y), and dgate, dh and the gated rows against their definitions in double.
+ * zero_gate sets some gates to exactly 0 (router_eps = 0 with an underflowed probability). */
+static void check_gate_bwd(int M, int E, int K, int H, int D, int use_bias, int zero_gate,
+                           uint64_t seed) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(seed);
+    int R = M * K;
+    size_t nh = (size_t)R * H, nw = (size_t)E * H * D, nb = (size_t)E * D, nd = (size_t)R * D;
+    float *gate = tu_floats((size_t)M * K), *h = tu_floats(nh), *w = tu_floats(nw);
+    float *b = tu_floats(nb), *dy = tu_floats((size_t)M * D), *dyd = tu_floats(nd);
+    float *dh = tu_floats(nh), *u = tu_floats(nh), *rows = tu_floats(nd);
+    float *dgate = tu_floats((size_t)M * K), *dw = tu_floats(nw), *db = tu_floats(nb);
+    float *dw0 = tu_floats(nw), *db0 = tu_floats(nb);
+    int32_t *idx = tu_ints(R), *off = tu_ints(E + 1), *offh = tu_ints(E + 1);
+    int32_t *perm = tu_ints(R), *inv = tu_ints(R);
+    make_routing(&r, M, E, K, gate, idx, off, offh, perm, inv);
+    if (zero_gate)
+        for (int p = 0; p < R; p += 3) gate[p] = 0.0f;
+    tu_fill(&r, h, nh, -1, 1);
+    tu_fill(&r, w, nw, -0.5, 0.5);
+    tu_fill(&r, b, nb, -0.5, 0.5);
+    tu_fill(&r, dy, (size_t)M * D, -1, 1);
+    tu_fill(&r, dw0, nw, -1, 1); /* non-zero start: weight gradients accumulate */
+    tu_fill(&r, db0, nb, -1, 1);
+    memcpy(dw, dw0, nw * 4);
+    memcpy(db, db0, nb * 4);
+    for (size_t i = 0; i < (size_t)M * K; i++) dgate[i] = NAN; /* every entry must be written */
+    const float *bb = use_bias ? b : NULL;
+
+    be->combine_bwd(be, dyd, NULL, dy, NULL, NULL, inv, M, K, D);
+    be->expert_linear_bwd(be, dh, NULL, NULL, dyd, h, w, offh, E, H, D);
+    memcpy(u, dh, nh * 4);
+    memcpy(rows, dyd, nd * 4);
+    be->expert_gate_bwd(be, dgate, dh, dyd, h, bb, gate, idx, inv, M, K, H, D);
+    be->expert_linear_bwd(be, NULL, dw, use_bias ? db : NULL, dyd, h, w, offh, E, H, D);
+
+    /* The gates are multiplied in, bit for bit as a float product. */
+    float *want_dh = tu_floats(nh), *want_dyd = tu_floats(nd);
+    for (int p = 0; p < R; p++) {
+        size_t rr = (size_t)inv[p];
+        for (int i = 0; i < H; i++) want_dh[rr * H + i] = gate[p] * u[rr * H + i];
+        for (int d = 0; d < D; d++) want_dyd[rr * D + d] = gate[p] * rows[rr * D + d];
+    }
+    tu_expect_equal("expert_gate_bwd du", dh, want_dh, nh);
+    tu_expect_equal("expert_gate_bwd dyd", dyd, want_dyd, nd);
+
+    double *hd = tu_doubles(nh), *wd = tu_doubles(nw), *bd = tu_doubles(nb);
+    double *gd = tu_doubles((size_t)M * K), *wyd = tu_doubles((size_t)M * D);
+    tu_to_double(hd, h, nh);
+    tu_to_double(wd, w, nw);
+    tu_to_double(bd, b, nb);
+    tu_to_double(gd, gate, (size_t)M * K);
+    tu_to_double(wyd, dy, (size_t)M * D);
+    gate_ctx c = {M, K, E, H, D, idx, inv, hd, wd, use_bias ? bd : NULL, gd, wyd};
+    double *dgref = tu_doubles((size_t)M * K);
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < K; j++) dgref[m * K + j] = ref_gate_grad(&c, m, j);
+    tu_expect_close("expert_gate_bwd dgate", dgate, dgref, (size_t)M * K, 1e-5);
+
+    size_t sidx[300];
+    double *fd = tu_doubles(nh + nw + nb + (size_t)M * K);
+    size_t n = tu_sample_indices(&r, (size_t)M * K, 300, sidx);
+    tu_fd_grad(gate_objective, &c, gd, (size_t)M * K, sidx, n, 1e-6, fd);
+    tu_expect_grad("dgate vs finite differences", dgate, fd, sidx, n, 1e-5);
+    n = tu_sample_indices(&r, nh, 300, sidx);
+    tu_fd_grad(gate_objective, &c, hd, nh, sidx, n, 1e-6, fd);
+    tu_expect_grad("dh vs finite differences", dh, fd, sidx, n, 1e-5);
+    float *ddw = tu_floats(nw), *ddb = tu_floats(nb);
+    for (size_t i = 0; i < nw; i++) ddw[i] = dw[i] - dw0[i];
+    for (size_t i = 0; i < nb; i++) ddb[i] = db[i] - db0[i];
+    n = tu_sample_indices(&r, nw, 300, sidx);
+    tu_fd_grad(gate_objective, &c, wd, nw, sidx, n, 1e-6, fd);
+    tu_expect_grad("dW vs finite differences", ddw, fd, sidx, n, 1e-4);
+    if (use_bias) {
+        tu_fd_grad(gate_objective, &c, bd, nb, NULL, nb, 1e-6, fd);
+        tu_expect_grad("db vs finite differences", ddb, fd, NULL, nb, 1e-4);
+    }
+}
+
+Test(moe, expert_gate_bwd) {
+    check_gate_bwd(1, 1, 1, 1, 1, 1, 0, 81);    /* a single row */
+    check_gate_bwd(13, 5, 2, 7, 9, 1, 0, 82);   /* odd sizes, with bias (MoE MLP) */
+    check_gate_bwd(13, 5, 2, 7, 9, 0, 0, 83);   /* no bias (MoE attention) */
+    check_gate_bwd(6, 4, 4, 3, 5, 1, 0, 84);    /* K == E */
+    check_gate_bwd(21, 6, 3, 5, 4, 1, 1, 85);   /* gates exactly 0: dgate still exact */
+    check_gate_bwd(300, 16, 4, 33, 20, 1, 0, 86); /* threaded; some experts may be empty */
+    check_gate_bwd(40, 3, 2, 600, 7, 1, 0, 87); /* rows longer than a sum block */
+}
+
+/* Threaded expert_gate_bwd is bit-identical run to run, and equal to one thread's result. */
+Test(moe, expert_gate_bwd_threaded_bit_identical) {
+    ms_backend *be = tu_cpu();
+    tu_rng r = tu_seed(88);
+    int M = 3000, E = 16, K = 4, H = 40, D = 24, R = M * K;
+    float *gate = tu_floats((size_t)M * K), *h = tu_floats((size_t)R * H), *b = tu_floats(E * D);
+    float *u = tu_floats((size_t)R * H), *rows = tu_floats((size_t)R * D);
+    int32_t *idx = tu_ints(R), *off = tu_ints(E + 1), *offh = tu_ints(E + 1);
+    int32_t *perm = tu_ints(R), *inv = tu_ints(R);
+    make_routing(&r, M, E, K, gate, idx, off, offh, perm, inv);
+    tu_fill(&r, h, (size_t)R * H, -1, 1);
+    tu_fill(&r, b, E * D, -1, 1);
+    tu_fill(&r, u, (size_t)R * H, -1, 1);
+    tu_fill(&r, rows, (size_t)R * D, -1, 1);
+    float *out[3][3];
+    int max_threads = omp_get_max_threads();
+    for (int run = 0; run < 3; run++) {
+        float *dg = tu_floats((size_t)M * K), *du = tu_floats((size_t)R * H);
+        float *dyd = tu_floats((size_t)R * D);
+        memcpy(du, u, (size_t)R * H * 4);
+        memcpy(dyd, rows, (size_t)R * D * 4);
+        if (run == 2) omp_set_num_threads(1);
+        be->expert_gate_bwd(be, dg, du, dyd, h, b, gate, idx, inv, M, K, H, D);
+        if (run == 2) omp_set_num_threads(max_threads);
+        out[run][0] = dg, out[run][1] = du, out[run][2] = dyd;
+    }
+    size_t sizes[3] = {(size_t)M * K, (size_t)R * H, (size_t)R * D};
+    const char *names[3] = {"dgate", "du", "dyd"};
+    for (int run = 1; run < 3; run++)
+        for (int i = 0; i < 3; i++) tu_expect_equal(names[i], out[run][i], out[0][i], sizes[i]);
+}
+
 /* ---- mutual-information statistics and loss --------------------------------------------------- */
 
 Test(moe, mi_accumulate) {

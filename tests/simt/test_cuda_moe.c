@@ -2,7 +2,8 @@
  * against the CPU ops, with fp32 and bf16 activations: routing (ties, K = E, a single token,
  * E not a multiple of the warp, E = 256), its backward, the dispatch plan (bit-identical to the
  * CPU's stable order, several tiles, empty experts), the expert remap of extracted models,
- * gather, combine and its backward, and the mutual-information statistics and loss. Tolerances: harness.h. */
+ * gather, combine and its backward, the gate gradient of the output experts (expert_gate_bwd),
+ * and the mutual-information statistics and loss. Tolerances: harness.h. */
 #include "harness.h"
 
 #include <math.h>
@@ -303,6 +304,58 @@ Test(cuda_moe, combine_bwd) {
         check_combine_bwd(dt, 45, 4, 129, 1, 1, 1, 53);
         check_combine_bwd(dt, 20, 5, 40, 0, 1, 0, 54); /* ungated, no gate gradient */
         check_combine_bwd(dt, 20, 5, 40, 1, 0, 1, 55); /* only the gate gradient */
+    }
+}
+
+/* expert_gate_bwd on the same (rounded) inputs: dgate is an fp32 output reduced in double on
+ * both sides (CPU: float blocks of 256 added in double), du and dyd are activations. */
+static void check_gate_bwd(ms_dtype dt, int M, int E, int K, int H, int D, int use_bias,
+                           uint64_t seed) {
+    ms_backend *cpu = tu_cpu(), *be = sim_cuda(dt);
+    tu_rng r = tu_seed(seed);
+    size_t R = (size_t)M * K;
+    float *u = tu_floats(R * H), *h = tu_floats(R * H), *rows = tu_floats(R * D);
+    float *b = tu_floats((size_t)E * D), *gate = tu_floats(R);
+    int32_t *idx = tu_ints(R), *inv = tu_ints(R);
+    tu_fill(&r, u, R * H, -2, 2);
+    tu_fill(&r, h, R * H, -2, 2);
+    tu_fill(&r, rows, R * D, -2, 2);
+    tu_fill(&r, b, (size_t)E * D, -1, 1);
+    sim_round_like(be, u, R * H);
+    sim_round_like(be, h, R * H);
+    sim_round_like(be, rows, R * D);
+    tu_fill(&r, gate, R, 0, 1);
+    gate[0] = 0.0f; /* router_eps 0 and an underflowed probability */
+    for (size_t p = 0; p < R; p++) idx[p] = tu_randint(&r, 0, E - 1);
+    random_perm(&r, inv, (int)R);
+    const float *bb = use_bias ? b : NULL;
+
+    void *du = sim_act(be, u, R * H), *dyd = sim_act(be, rows, R * D);
+    float *dg = sim_garbage(be, R * 4);
+    float *b_dev = use_bias ? sim_f32(be, b, (size_t)E * D) : NULL;
+    be->expert_gate_bwd(be, dg, du, dyd, sim_act(be, h, R * H), b_dev, sim_f32(be, gate, R),
+                        sim_i32(be, idx, R), sim_i32(be, inv, R), M, K, H, D);
+    float *ref_dg = tu_floats(R);
+    cpu->expert_gate_bwd(cpu, ref_dg, u, rows, h, bb, gate, idx, inv, M, K, H, D);
+    char what[128];
+    snprintf(what, sizeof what, "expert_gate_bwd %s M %d K %d H %d D %d bias %d: dgate",
+             dt ? "bf16" : "fp32", M, K, H, D, use_bias);
+    sim_expect_close(what, sim_get_f32(be, dg, R), ref_dg, R, SIM_TOL_F32);
+    snprintf(what, sizeof what, "expert_gate_bwd %s M %d K %d H %d D %d: du", dt ? "bf16" : "fp32",
+             M, K, H, D);
+    sim_expect_close(what, sim_get_act(be, du, R * H), u, R * H, sim_tol(be));
+    snprintf(what, sizeof what, "expert_gate_bwd %s M %d K %d H %d D %d: dyd", dt ? "bf16" : "fp32",
+             M, K, H, D);
+    sim_expect_close(what, sim_get_act(be, dyd, R * D), rows, R * D, sim_tol(be));
+    sim_free_all();
+}
+
+Test(cuda_moe, expert_gate_bwd) {
+    for (int dt = 0; dt < 2; dt++) {
+        check_gate_bwd(dt, 1, 1, 1, 1, 1, 1, 61);      /* a single row */
+        check_gate_bwd(dt, 31, 16, 4, 77, 40, 1, 62);  /* MLP: bias, K < warps per block */
+        check_gate_bwd(dt, 29, 15, 6, 45, 130, 0, 63); /* attention: no bias, K > warps */
+        check_gate_bwd(dt, 9, 5, 5, 300, 3, 1, 64);    /* K == E, long rows */
     }
 }
 
