@@ -212,26 +212,10 @@ int cmd_eval(int argc, char **argv) {
                               timeout_arg ? "--comm-timeout" : "MODSQUAD_COMM_TIMEOUT",
                               timeout_arg ? timeout_arg : getenv("MODSQUAD_COMM_TIMEOUT"));
 
-    char err[1024];
     ms_st_file w = {0};
     static ms_config cfg;
     if (ckpt) {
-        if (ms_safetensors_read(ckpt, &w, err, sizeof err)) {
-            fprintf(stderr, "modsquad: error: %s\n", err);
-            return 1;
-        }
-        const char *yaml = ms_st_meta(&w, "modsquad.config");
-        if (!yaml) {
-            fprintf(stderr, "modsquad: error: %s has no 'modsquad.config' metadata: not a modsquad checkpoint\n", ckpt);
-            ms_safetensors_free(&w);
-            return 1;
-        }
-        char name[4200];
-        snprintf(name, sizeof name, "%s (stored config)", ckpt);
-        if (ms_cli_load_config_text(&cfg, name, yaml, n_sets, sets)) {
-            ms_safetensors_free(&w);
-            return 1;
-        }
+        if (ms_cli_load_checkpoint(&w, &cfg, ckpt, n_sets, sets)) return 1;
     } else if (ms_cli_load_config(&cfg, config, n_sets, sets)) {
         return 1;
     }

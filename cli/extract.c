@@ -337,20 +337,7 @@ static int parse_args(int argc, char **argv, args *a, int *done) {
 
 /* The checkpoint's config (with the --set overrides) and weights file. */
 static int load_checkpoint(const args *a, ms_st_file *w, ms_config *cfg) {
-    char err[1024];
-    if (ms_safetensors_read(a->ckpt, w, err, sizeof err)) {
-        fprintf(stderr, "modsquad: error: %s\n", err);
-        return -1;
-    }
-    const char *yaml = ms_st_meta(w, "modsquad.config");
-    if (!yaml) {
-        fprintf(stderr, "modsquad: error: %s has no 'modsquad.config' metadata: not a modsquad "
-                "checkpoint\n", a->ckpt);
-        return -1;
-    }
-    char name[4200];
-    snprintf(name, sizeof name, "%s (stored config)", a->ckpt);
-    if (ms_cli_load_config_text(cfg, name, yaml, a->n_sets, a->sets)) return -1;
+    if (ms_cli_load_checkpoint(w, cfg, a->ckpt, a->n_sets, a->sets)) return -1;
     if (cfg->model.kept_experts.layers) {
         fprintf(stderr, "modsquad: error: %s is already a model extracted for task %s "
                 "(model.kept_experts is set); extract from the full model's checkpoint\n",

@@ -33,6 +33,26 @@ int ms_cli_load_config_text(ms_config *cfg, const char *name, const char *text, 
     return report(ms_config_load_text(cfg, name, text, strlen(text), n_sets, sets, &errs), &errs);
 }
 
+int ms_cli_load_checkpoint(ms_st_file *w, ms_config *cfg, const char *path, int n_sets,
+                           const char *const *sets) {
+    char err[1024];
+    if (ms_safetensors_read(path, w, err, sizeof err)) {
+        fprintf(stderr, "modsquad: error: %s\n", err);
+        return 1;
+    }
+    const char *yaml = ms_st_meta(w, "modsquad.config");
+    if (!yaml)
+        fprintf(stderr, "modsquad: error: %s has no 'modsquad.config' metadata: not a modsquad "
+                "checkpoint\n", path);
+    char name[4200];
+    snprintf(name, sizeof name, "%s (stored config)", path);
+    if (!yaml || ms_cli_load_config_text(cfg, name, yaml, n_sets, sets)) {
+        ms_safetensors_free(w);
+        return 1;
+    }
+    return 0;
+}
+
 /* The backend of cfg on `device` with `threads` CPU threads in place of run.device and
  * run.threads (a data-parallel rank's own GPU or share of the cores); NULL with a message. */
 static ms_backend *open_backend_on(const ms_config *cfg, const char *device, int threads) {

@@ -20,6 +20,12 @@ int ms_cli_load_config(ms_config *cfg, const char *path, int n_sets, const char 
 int ms_cli_load_config_text(ms_config *cfg, const char *name, const char *text, int n_sets,
                             const char *const *sets);
 
+/* Reads the checkpoint at path into *w and its stored config (metadata 'modsquad.config', plus
+ * the --set overrides) into cfg; prints why on stderr and returns 1 when either fails (*w is
+ * then freed). */
+int ms_cli_load_checkpoint(ms_st_file *w, ms_config *cfg, const char *path, int n_sets,
+                           const char *const *sets);
+
 /* The backend run.device asks for (auto: the CPU in a build without CUDA); NULL with a
  * message on stderr when it cannot be had. */
 ms_backend *ms_cli_open_backend(const ms_config *cfg);
